@@ -1,0 +1,286 @@
+"""Score a live model with lm-evaluation-harness tasks, in-process.
+
+Built once per worker: a ``TaskManager`` over the local task folders (lm-eval's ~5 s scan of its built-in tasks
+only when a task is not local), the task objects of each of our splits with their documents, and the fixed
+document order. Each ``score`` call wraps the live model in lm-eval's ``HFLM`` (built on the first call and
+reused while the same model object comes back, its weights swapped in place) and runs
+``lm_eval.evaluator.evaluate`` on the chosen documents.
+
+What lm-eval 0.4.13 does with its two selectors, and why we use ``samples``:
+
+- ``limit=k`` scores the first ``k`` documents of the task's split in file order (``islice``). Nested, but the
+  slice is the head of the file (often sorted by topic or difficulty), and it cannot pick a hash partition.
+- ``samples={task: [ids]}`` scores exactly the documents whose position is in ``ids``, iterated in FILE order
+  whatever the order of ``ids``; its logged ``doc_id`` maps positions back through ``ids``, so ``ids`` must be
+  sorted to be labelled right. An EMPTY list (or a task missing from the dict) means ALL documents. Membership
+  is tested with ``in`` for every document of the split (O(n*k) for a plain list).
+
+So each call takes the first ``k`` of our fixed hash order over all documents of all tasks of the split, groups
+them by task, passes each task's ids sorted (as a list whose ``in`` is a set lookup), and leaves tasks with no
+chosen document out of the task dict. Not used, on purpose: ``use_cache`` (keyed on the request alone, so after a
+weight swap it returns the old model's answers), ``cache_requests`` (its key ignores ``samples``: wrong prompts),
+``simple_evaluate`` (a ``pip list`` subprocess, ~0.8 s, per call).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from evaluators.protocol import SPLIT_NAMES, SplitName, check_device, check_split, resolve_limit
+from evaluators.registry import LmEvalSpec, SpecContext
+from evaluators.splits import assign_split, fingerprint, first, fixed_order
+
+if TYPE_CHECKING:
+    from lm_eval.api.task import Task
+    from lm_eval.tasks import TaskManager
+
+_RESULT_KEYS_NOT_METRICS = {"alias", "name", "sample_len", "sample_count", "samples"}
+
+
+class _IndexSet(list):  # type: ignore[type-arg]
+    """Sorted document ids that lm-eval reads as a list, with an O(1) ``in``.
+
+    lm-eval's ``Task.doc_iterator`` tests ``i in samples`` for every document of the split; with a plain list
+    that is O(n*k) per call. This is still a list (the type lm-eval asks for), only faster to search.
+    """
+
+    def __init__(self, ids: Iterable[int]) -> None:
+        super().__init__(sorted(ids))
+        self._members = frozenset(self)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._members
+
+
+class LmEvalEvaluator:
+    """lm-eval tasks on our ``search`` / ``heldout`` splits; see the module docstring for how slices are chosen.
+
+    >>> ev = build_evaluator({"type": "lm_eval", "task": "demo_math", "include_path": "tasks"})  # doctest: +SKIP
+    >>> ev.score(model, tokenizer, "search", limit=8)                                        # doctest: +SKIP
+    {'exact_match': 0.25, 'demo_math/exact_match': 0.25}
+    """
+
+    def __init__(self, spec: LmEvalSpec, *, device: str, ctx: SpecContext) -> None:
+        self.spec = spec
+        self.device = device
+        self.name = spec.name or "+".join(spec.task_names)
+        self._ctx = ctx
+        manager = self._task_manager()
+        base = self._load(manager, spec.task_names)
+        # our split -> {task name -> task object whose evaluation docs are that split's source}
+        self._tasks: dict[SplitName, dict[str, Task]] = {s: {} for s in SPLIT_NAMES}
+        # our split -> the fixed order of (task name, document position in the task's evaluation docs)
+        self._order: dict[SplitName, list[tuple[str, int]]] = {}
+        members: dict[SplitName, list[tuple[str, int, str]]] = {s: [] for s in SPLIT_NAMES}
+        for task_name, task in base.items():
+            plan = self._split_plan(task_name, task)
+            for split, (task_split, partition) in plan.items():
+                obj = task if task_split == _eval_split(task) else self._load_with_split(
+                    manager, task_name, task_split)
+                self._configure(obj)
+                self._tasks[split][task_name] = obj
+                for i, doc in enumerate(obj.eval_docs):
+                    fp = fingerprint(doc)
+                    if not partition or assign_split(fp, spec.heldout_fraction) == split:
+                        members[split].append((task_name, i, fp))
+        for split in SPLIT_NAMES:
+            if not members[split]:
+                raise ctx.error("heldout_fraction", f"the {split!r} split has no documents",
+                                "add documents, or change heldout_fraction / split_map")
+            keys = [f"{t}\n{fp}" for t, _, fp in members[split]]
+            self._order[split] = [members[split][j][:2] for j in fixed_order(keys)]
+        self._check_metric()
+        self._check_gen_kwargs()
+        self._lm: Any = None
+        self._lm_for: tuple[Any, Any] | None = None
+
+    # ------------------------------------------------------------------ the protocol
+    def num_docs(self, split: SplitName) -> int:
+        return len(self._order[check_split(split)])
+
+    def score(self, model: Any, tokenizer: Any, split: SplitName, limit: int | None = None) -> dict[str, float]:
+        from lm_eval.evaluator import evaluate
+
+        order = self._order[check_split(split)]
+        check_device(model, self.device, self.name)
+        chosen: dict[str, list[int]] = defaultdict(list)
+        for task_name, i in order[: resolve_limit(limit, len(order))]:
+            chosen[task_name].append(i)
+        tasks = {name: self._tasks[split][name] for name in chosen}
+        for task in tasks.values():
+            # The sampler's RNG advances with every prompt it builds: reset it so a call does not depend on
+            # the calls before it (same model, same slice -> same prompts).
+            task.set_fewshot_seed(seed=self.spec.fewshot_seed)
+        # Task objects are reused across calls: evaluate() rebuilds each task's requests from its documents
+        # (build_all_requests), so nothing of an earlier call survives in them but the docs and the config.
+        results = evaluate(
+            lm=self._wrapper(model, tokenizer),
+            task_dict={"tasks": tasks, "groups": {}, "group_map": {}},
+            samples={name: _IndexSet(ids) for name, ids in chosen.items()},
+            cache_requests=False,
+            bootstrap_iters=0,
+            log_samples=False,
+        )
+        assert results is not None  # rank 0 of a single process always gets results
+        return self._metrics(results["results"], {name: len(ids) for name, ids in chosen.items()})
+
+    def tasks(self, split: SplitName) -> dict[str, Task]:
+        """The lm-eval task objects scored on ``split`` (after a call, ``task.instances`` are its requests)."""
+        return dict(self._tasks[check_split(split)])
+
+    def documents(self, split: SplitName, limit: int | None = None) -> list[tuple[str, Any]]:
+        """``(task name, document)`` for what ``score(..., split, limit)`` scores, in the fixed order."""
+        order = self._order[check_split(split)]
+        docs = {name: task.eval_docs for name, task in self._tasks[split].items()}
+        return [(t, docs[t][i]) for t, i in first(order, resolve_limit(limit, len(order)))]
+
+    # ------------------------------------------------------------------ building
+    def _task_manager(self) -> TaskManager:
+        from lm_eval.tasks import TaskManager
+
+        paths = None
+        if self.spec.include_path is not None:
+            raw = [self.spec.include_path] if isinstance(self.spec.include_path, str) else self.spec.include_path
+            paths = [self._ctx.path(p) for p in raw]
+            for p in paths:
+                if not p.is_dir():
+                    raise self._ctx.error("include_path", f"folder {str(p)!r} does not exist",
+                                          "give a folder of lm-eval task YAML files")
+            local = TaskManager(include_path=[str(p) for p in paths], include_defaults=False)
+            if all(name in local.all_tasks for name in self.spec.task_names):
+                return local
+        # lm-eval's built-in tasks: scanning them takes ~5 s, so only when a task is not in include_path.
+        manager = TaskManager(include_path=[str(p) for p in paths] if paths else None, include_defaults=True)
+        for name in self.spec.task_names:
+            if name not in manager.all_tasks:
+                close = difflib.get_close_matches(name, manager.all_tasks, n=3)
+                hint = f"did you mean {', '.join(close)}? " if close else ""
+                raise self._ctx.error("task", f"unknown lm-eval task {name!r}",
+                                      f"{hint}give a task of lm-eval or of a folder in include_path")
+        return manager
+
+    def _load(self, manager: TaskManager, names: list[str]) -> dict[str, Task]:
+        try:
+            loaded = manager.load(names)
+        except Exception as exc:  # a task's YAML or data is user input: name it, keep the cause
+            raise self._ctx.error("task", f"lm-eval could not load {names}: {type(exc).__name__}: {exc}",
+                                  "check the task's YAML and its data files") from exc
+        return dict(loaded["tasks"])
+
+    def _load_with_split(self, manager: TaskManager, task_name: str, task_split: str) -> Task:
+        # A task evaluates its test split (else its validation split). To evaluate another split the override
+        # must be in the config the task is BUILT from (few-shot docs are fixed at construction), and lm-eval's
+        # public way to override a registered task's config is a group entry: {"group": g, "task": [{...}]}.
+        spec = {"group": f"merge_search::{task_name}::{task_split}",
+                "task": [{"task": task_name, "test_split": task_split}]}
+        try:
+            return manager.load(spec)["tasks"][task_name]
+        except Exception as exc:
+            raise self._ctx.error("split_map", f"lm-eval could not load task {task_name!r} on its split "
+                                  f"{task_split!r}: {type(exc).__name__}: {exc}",
+                                  "name splits the task's data has") from exc
+
+    def _split_plan(self, task_name: str, task: Task) -> dict[SplitName, tuple[str, bool]]:
+        """Our split -> (the task's split, whether to take only our hash partition of it)."""
+        available = _available_splits(task)
+        if self.spec.split_map is not None:
+            m = self.spec.split_map
+            for ours, theirs in (("search", m.search), ("heldout", m.heldout)):
+                if available is not None and theirs not in available:
+                    raise self._ctx.error(f"split_map.{ours}", f"task {task_name!r} has no split {theirs!r}",
+                                          f"use one of: {', '.join(available)}")
+            partition = m.search == m.heldout
+            return {"search": (m.search, partition), "heldout": (m.heldout, partition)}
+        val, test = task.config.validation_split, task.config.test_split
+        if val and test and val != test and (available is None or {val, test} <= set(available)):
+            return {"search": (val, False), "heldout": (test, False)}
+        return {"search": (_eval_split(task), True), "heldout": (_eval_split(task), True)}
+
+    def _configure(self, task: Task) -> None:
+        # The same overrides lm-eval's simple_evaluate applies, through the same public Task.set_config.
+        if self.spec.gen_kwargs and task.get_config("output_type") == "generate_until":
+            task.set_config(key="generation_kwargs", value=dict(self.spec.gen_kwargs), update=True)
+        if self.spec.num_fewshot is not None:
+            task.set_config(key="num_fewshot", value=self.spec.num_fewshot)
+        elif task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+
+    def _check_metric(self) -> None:
+        if self.spec.metric is None:
+            return
+        for task_name, task in self._tasks["search"].items():
+            names = _metric_names(task)
+            if self.spec.metric not in names:
+                raise self._ctx.error("metric", f"task {task_name!r} does not report {self.spec.metric!r}",
+                                      f"use one of: {', '.join(sorted(names))}")
+
+    def _check_gen_kwargs(self) -> None:
+        if self.spec.gen_kwargs and not any(
+            t.get_config("output_type") == "generate_until" for t in self._tasks["search"].values()
+        ):
+            raise self._ctx.error("gen_kwargs", "no task of this evaluator generates text",
+                                  "remove gen_kwargs (they apply to generate_until tasks only)")
+
+    # ------------------------------------------------------------------ scoring
+    def _wrapper(self, model: Any, tokenizer: Any) -> Any:
+        """lm-eval's HF wrapper around the live model: built once, reused while the same model comes back."""
+        if self._lm_for is None or self._lm_for[0] is not model or self._lm_for[1] is not tokenizer:
+            from lm_eval.models.huggingface import HFLM
+
+            self._lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.spec.batch_size,
+                            max_length=self.spec.max_length, device=self.device)
+            self._lm_for = (model, tokenizer)
+        model.eval()
+        return self._lm
+
+    def _metrics(self, results: dict[str, dict[str, Any]], counts: dict[str, int]) -> dict[str, float]:
+        """``task/metric`` for every task scored, and ``metric`` averaged over the documents of all of them.
+
+        The average weights each task by its number of scored documents: the slice is a uniform sample of
+        all documents, so this is the same quantity on every slice (an unweighted mean of tasks would let a
+        task with one document in a small slice count as much as one with fifty).
+        """
+        per_task: dict[str, dict[str, float]] = {}
+        for task_name in counts:
+            row: dict[str, float] = {}
+            for key, value in results[task_name].items():
+                if key in _RESULT_KEYS_NOT_METRICS or "_stderr" in key:
+                    continue
+                metric, _, filt = key.partition(",")
+                name = metric if filt in ("", "none") else f"{metric},{filt}"
+                if self.spec.metric is not None and name != self.spec.metric:
+                    continue
+                try:
+                    row[name] = float(value)
+                except (TypeError, ValueError):
+                    continue  # lm-eval reports e.g. "N/A" for metrics it could not compute
+            per_task[task_name] = row
+        out: dict[str, float] = {}
+        shared = set.intersection(*(set(r) for r in per_task.values())) if per_task else set()
+        total = sum(counts.values())
+        for name in sorted(shared):
+            out[name] = math.fsum(per_task[t][name] * counts[t] for t in per_task) / total
+        for task_name, row in per_task.items():
+            for name, value in row.items():
+                out[f"{task_name}/{name}"] = value
+        return out
+
+
+def _eval_split(task: Task) -> str:
+    """The split lm-eval evaluates a task on: its test split, else its validation split."""
+    return task.config.test_split or task.config.validation_split
+
+
+def _available_splits(task: Task) -> list[str] | None:
+    dataset = getattr(task, "dataset", None)
+    return sorted(dataset.keys()) if hasattr(dataset, "keys") else None
+
+
+def _metric_names(task: Task) -> set[str]:
+    """The names ``score`` reports for a task: ``metric``, or ``metric,filter`` for a filter other than none."""
+    filters = [f["name"] for f in (task.config.filter_list or [])] or ["none"]
+    return {m if f == "none" else f"{m},{f}" for m in task.aggregation() for f in filters}

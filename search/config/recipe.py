@@ -1,0 +1,127 @@
+"""A mergekit merge recipe (YAML), validated, as ``search merge`` reads it.
+
+Existing mergekit configs for the methods we share run unchanged:
+
+```yaml
+merge_method: ties
+base_model: models/base
+models:
+  - model: models/code
+    parameters: {weight: 1.0, density: [0.2, 0.8]}    # a gradient along the layers
+  - model: models/chat
+    parameters:
+      weight: [{filter: self_attn, value: 0.3}, {value: 0.7}]
+parameters: {normalize: true}
+dtype: float32
+tokenizer_source: base
+```
+
+Beyond mergekit: a condition may match a module kind (``{kind: mlp, value: 0.5}``), and ``seed`` makes the random
+methods (dare, della) reproducible. Frankenmerges (``slices``/``modules``) and ``tokenizer_source: union`` are not
+supported: they change the architecture or the vocabulary, which a weight search does not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from search.config.yaml_io import load_model
+from search.errors import UserError
+from search.merging.coefficients import Setting
+from search.merging.spec import MergeSpec
+
+DTypeName = Literal["float32", "float16", "bfloat16", "float64"]
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
+}
+
+
+class RecipeModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    parameters: dict[str, Setting] | None = None
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _plain_path(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            raise ValueError("model references with LoRA or revision parts are not supported; give a local folder "
+                             "(merge the adapter first)")
+        return value
+
+
+class Recipe(BaseModel):
+    """mergekit's ``MergeConfiguration`` for ``models``-style merges."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    merge_method: str
+    base_model: str | None = None
+    models: list[RecipeModel] = Field(min_length=1)
+    parameters: dict[str, Setting] | None = None
+    dtype: DTypeName | None = None
+    out_dtype: DTypeName | None = None
+    tokenizer_source: Literal["base"] | str | None = None
+    chat_template: str | None = None
+    seed: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("slices", "modules"):
+                if key in data:
+                    raise ValueError(f"'{key}' (frankenmerges) is not supported: merge-search merges models of one "
+                                     "architecture tensor by tensor; use 'models:'")
+            if "tokenizer" in data:
+                raise ValueError("'tokenizer' (vocabulary surgery) is not supported; use 'tokenizer_source: base'")
+            if data.get("tokenizer_source") == "union":
+                raise ValueError("tokenizer_source 'union' is not supported: the parents must share one tokenizer; "
+                                 "use 'tokenizer_source: base'")
+        return data
+
+    def spec(self) -> MergeSpec:
+        """The method and settings, with the base's position in ``models`` when it is listed there."""
+        base_index = next((i for i, m in enumerate(self.models) if m.model == self.base_model), None)
+        return MergeSpec(
+            method=self.merge_method,
+            parameters=dict(self.parameters or {}),
+            model_parameters=tuple(dict(m.parameters or {}) for m in self.models),
+            base_index=base_index,
+            seed=self.seed,
+        )
+
+    @property
+    def compute_dtype(self) -> torch.dtype | None:
+        return DTYPES[self.dtype] if self.dtype else None
+
+    @property
+    def output_dtype(self) -> torch.dtype | None:
+        name = self.out_dtype or self.dtype
+        return DTYPES[name] if name else None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file; any problem is a UserError naming file, line, field and fix."""
+    path = Path(path)
+    recipe = load_model(Recipe, path, what="recipe")
+    recipe.spec().check(file=str(path))
+    return recipe
+
+
+def resolve_model_path(reference: str, recipe_file: Path, *, field: str) -> Path:
+    """A model reference as a local folder: as given (from the working directory), else beside the recipe."""
+    given = Path(reference).expanduser()
+    if given.exists():
+        return given
+    beside = recipe_file.parent / given
+    if not given.is_absolute() and beside.exists():
+        return beside
+    raise UserError(f"model path '{reference}' does not exist (looked in the working directory and beside "
+                    f"the recipe)", file=recipe_file, field=field,
+                    fix="give the path of a local Hugging Face model folder (nothing is fetched from a hub)")

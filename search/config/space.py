@@ -1,0 +1,270 @@
+"""The space file: what to merge, what to search, how to score it, and how long to look.
+
+```yaml
+base_model: models/base                 # paths are relative to this file
+models: {code: models/code, chat: models/chat}
+methods:
+  task_arithmetic: {weight: [0.0, 1.2]}             # a range is searched
+  ties: {weight: [0.0, 1.2], density: [0.1, 1.0]}
+  dare_ties: {weight: [0.0, 1.2], density: 0.5}     # a value is fixed
+granularity: {layer_groups: 4}                       # global | per_layer | {layer_groups: N, module_kinds: true}
+objectives:
+  - name: code
+    evaluator: {type: lm_eval, task: demo_add, include_path: ../evaluators/tasks}
+    metric: exact_match
+sampler: {name: tpe}
+pruner: {name: median, slices: [0.1, 0.3, 1.0]}
+budget: {trials: 60, minutes: 30}
+output: ../results/demo
+```
+
+Every field is documented in ``spaces/README.md``; ``spaces/schema.json`` is generated from these models
+(``search schema``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from search.config.yaml_io import load_model
+from search.errors import UserError
+
+SamplerName = Literal["tpe", "cmaes", "nsgaii", "nsgaiii", "gp", "qmc", "random"]
+PrunerName = Literal["none", "median", "successive_halving", "baseline", "pareto"]
+Range = tuple[float, float]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Granularity(_Frozen):
+    """How finely coefficients vary across the model.
+
+    ``layer_groups`` splits the decoder layers into that many contiguous groups, each with its own value
+    (``per_layer`` is one group per layer); tensors outside the layer stack take the first group's value, as in
+    mergekit's gradients. ``module_kinds`` gives attention, mlp and norm tensors separate values (per group), and
+    embeddings and lm_head one value each.
+    """
+
+    layer_groups: int = Field(1, ge=1, description="Contiguous groups of decoder layers, one value each.")
+    per_layer: bool = Field(False, description="One value per decoder layer (overrides layer_groups).")
+    module_kinds: bool = Field(False, description="Separate values for attention / mlp / norm / embedding / "
+                                                  "lm_head tensors.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if data == "global":
+            return {}
+        if data == "per_layer":
+            return {"per_layer": True}
+        if data == "module_kinds":
+            return {"module_kinds": True}
+        if isinstance(data, str):
+            raise ValueError(f"'{data}' is not a granularity: write global, per_layer, module_kinds, or a mapping "
+                             "like {layer_groups: 4, module_kinds: true}")
+        return data
+
+
+class Objective(_Frozen):
+    """One thing to optimise: an evaluator's metric on the search split, checked later on the held-out split."""
+
+    name: str = Field(description="Short name (used in reports and trial tables).", pattern=r"^[A-Za-z0-9_\-]+$")
+    evaluator: dict[str, Any] = Field(description="An evaluator spec (type lm_eval | perplexity | python), "
+                                                  "see evaluators/README.md.")
+    metric: str = Field(description="The metric the evaluator returns that this objective reads.")
+    direction: Literal["maximize", "minimize"] = "maximize"
+    weight: float = Field(1.0, description="Weight in the scalarised view (weighted sum of objectives).")
+    search_split: Literal["search", "heldout"] = "search"
+    heldout_split: Literal["search", "heldout"] = "heldout"
+
+
+class Sampler(_Frozen):
+    """An Optuna sampler by name, with its keyword arguments (e.g. ``{name: tpe, args: {n_startup_trials: 10}}``)."""
+
+    name: SamplerName = "tpe"
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class Pruner(_Frozen):
+    """Early stopping: objectives are scored on growing slices of the search split.
+
+    ``median`` / ``successive_halving`` are Optuna's pruners (single objective, on the scalarised value);
+    ``baseline`` stops a candidate whose partial score falls below the best hand-set baseline's by ``margin``;
+    ``pareto`` (multi-objective) stops one whose partial scores are dominated by the current front by ``margin``.
+    """
+
+    name: PrunerName = "median"
+    slices: list[float] = Field(default_factory=lambda: [0.25, 1.0],
+                                description="Growing fractions of the search split; the last must be 1.0.")
+    margin: float = Field(0.0, ge=0, description="Slack for baseline/pareto pruning, in metric units.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the Optuna pruner.")
+
+    @field_validator("slices")
+    @classmethod
+    def _growing(cls, value: list[float]) -> list[float]:
+        if not value or value[-1] != 1.0 or any(not 0 < v <= 1 for v in value) or value != sorted(set(value)):
+            raise ValueError("slices must grow strictly within (0, 1] and end at 1.0, e.g. [0.1, 0.3, 1.0]")
+        return value
+
+
+class Budget(_Frozen):
+    """When to stop: after this many finished trials and/or this much wall time (whichever comes first)."""
+
+    trials: int | None = Field(50, ge=1)
+    minutes: float | None = Field(None, gt=0)
+    max_consecutive_failures: int = Field(5, ge=1, description="Stop the run after this many failures in a row.")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Budget:
+        if self.trials is None and self.minutes is None:
+            raise ValueError("give trials and/or minutes, or the run never ends")
+        return self
+
+
+class Resources(_Frozen):
+    """Workers for the Ray backend: how many, and what each takes."""
+
+    workers: int | None = Field(None, ge=1, description="Actors; default one per GPU, else 1.")
+    gpus_per_worker: float = Field(0, ge=0)
+    cpus_per_worker: float = Field(1, gt=0)
+
+
+ParamValue = Union[float, bool, Range]
+
+
+class Space(_Frozen):
+    """A search: parents, methods and their parameter ranges, granularity, objectives, sampler and budget."""
+
+    base_model: str = Field(description="The model the fine-tunes were trained from (local HF folder).")
+    models: dict[str, str] = Field(min_length=1, description="Fine-tunes by short name -> local HF folder.")
+    methods: dict[str, dict[str, ParamValue]] = Field(
+        min_length=1, description="Methods to search -> {parameter: [low, high] (searched) or value (fixed)}.")
+    granularity: Granularity = Field(default_factory=Granularity)
+    objectives: list[Objective] = Field(min_length=1)
+    optimize: Literal["weighted", "pareto"] | None = Field(
+        None, description="weighted: one scalarised objective; pareto: a multi-objective study. Default: pareto "
+                          "with several objectives (weighted for cmaes/gp/qmc), weighted with one.")
+    sampler: Sampler = Field(default_factory=Sampler)
+    pruner: Pruner = Field(default_factory=Pruner)
+    budget: Budget = Field(default_factory=Budget)
+    baselines: bool = Field(True, description="Score the hand-set merges a mergekit user would try first.")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    seed: int = 0
+    output: str = Field("results/run", description="Run folder (relative to this file).")
+    backend: Literal["inprocess", "ray"] = "inprocess"
+    ray_address: str | None = Field(None, description="Ray cluster address; none starts an embedded instance.")
+    resources: Resources = Field(default_factory=Resources)
+    storage: str | None = Field(None, description="Optuna storage URL; default: a journal file in the run folder.")
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"model name '{name}' may hold only letters, digits, '_' and '-'")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from search.merging.spec import lookup_method
+
+        for method_name, params in value.items():
+            try:
+                method = lookup_method(method_name, field=f"methods.{method_name}")
+            except UserError as exc:
+                raise ValueError(f"merge method '{method_name}' is unknown ({exc.fix})") from None
+            known = {p.name: p for p in method.params}
+            for pname, pvalue in params.items():
+                spec = known.get(pname)
+                if spec is None:
+                    raise ValueError(f"'{pname}' is not a parameter of '{method_name}' (it takes: "
+                                     f"{', '.join(known) or 'nothing'})")
+                values = list(pvalue) if isinstance(pvalue, (tuple, list)) else [pvalue]
+                for v in values:
+                    problem = spec.check(v if spec.kind != "float" else float(v))
+                    if problem:
+                        raise ValueError(f"{method_name}: {problem}")
+                if isinstance(pvalue, (tuple, list)) and pvalue[0] > pvalue[1]:
+                    raise ValueError(f"{method_name}.{pname}: range [{pvalue[0]}, {pvalue[1]}] is reversed")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Space:
+        names = [o.name for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objective names must be unique, got {names}")
+        if self.mode == "pareto" and self.sampler.name in ("cmaes",):
+            raise ValueError("the cmaes sampler optimises one objective: set optimize: weighted, or use tpe/nsgaii")
+        if self.mode == "pareto" and self.pruner.name in ("median", "successive_halving", "baseline"):
+            raise ValueError(f"pruner '{self.pruner.name}' needs one objective: use pruner name 'pareto' "
+                             "(or 'none') with optimize: pareto")
+        if self.mode == "weighted" and self.pruner.name == "pareto":
+            raise ValueError("pruner 'pareto' needs optimize: pareto")
+        return self
+
+    @property
+    def mode(self) -> Literal["weighted", "pareto"]:
+        if self.optimize is not None:
+            return self.optimize
+        if len(self.objectives) == 1 or self.sampler.name in ("cmaes", "gp", "qmc"):
+            return "weighted"
+        return "pareto"
+
+    @property
+    def relaxed(self) -> bool:
+        """Samplers without categoricals (CMA-ES, GP, QMC) see the method choice as a continuous index."""
+        return self.sampler.name in ("cmaes", "gp", "qmc")
+
+
+class LoadedSpace(BaseModel):
+    """A validated space with the file it came from and its paths made absolute."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    space: Space
+    file: Path
+    base_model: Path
+    models: dict[str, Path]
+    output: Path
+
+    def fingerprint(self) -> str:
+        """A hash of what determines the study (not the budget, output or backend, which may change on resume)."""
+        return hashlib.sha256(json.dumps(study_defining(self.space), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def study_defining(space: Space) -> dict[str, Any]:
+    data = space.model_dump(mode="json")
+    for key in ("budget", "output", "backend", "ray_address", "resources", "storage", "device"):
+        data.pop(key, None)
+    return data
+
+
+def load_space(path: str | Path, *, output: str | Path | None = None) -> LoadedSpace:
+    """Read and validate a space file; resolve and check its paths (relative to the file)."""
+    path = Path(path)
+    space = load_model(Space, path, what="space file")
+    root = path.resolve().parent
+
+    def resolve(value: str, field: str, must_exist: bool = True) -> Path:
+        p = Path(value).expanduser()
+        p = p if p.is_absolute() else (root / p)
+        if must_exist and not p.exists():
+            raise UserError(f"path '{value}' does not exist (resolved to {p})", file=path, field=field,
+                            fix="give a local Hugging Face model folder, relative to the space file")
+        return p
+
+    models = {name: resolve(p, f"models.{name}") for name, p in space.models.items()}
+    out = Path(output) if output is not None else resolve(space.output, "output", must_exist=False)
+    return LoadedSpace(space=space, file=path, base_model=resolve(space.base_model, "base_model"), models=models,
+                       output=out)

@@ -1,0 +1,66 @@
+"""MagMax (Marczak et al., ECCV 2024, "MagMax: Leveraging Model Merging for Seamless Continual Learning",
+https://arxiv.org/abs/2407.06322).
+
+Per parameter ``p``, take the task-vector entry of largest magnitude across the models besides the base:
+
+    i*(p)    = argmax_i |w_i d_ip|                   (first model on ties)
+    merged_p = base_p + lambda * w_{i*} d_{i*p}
+
+Elementwise, so it applies to every tensor. The paper tunes lambda (the scaling of the merged task vector) on
+held-out data.
+
+>>> import torch
+>>> deltas = torch.tensor([[1.0, -3.0], [-2.0, 2.0]])
+>>> magmax_merge(torch.zeros(2), deltas, TensorParams(), None, None)
+tensor([-2., -3.])
+"""
+
+from __future__ import annotations
+
+import torch
+
+from search.methods.base import (
+    MergeMethod,
+    TensorParams,
+    global_value,
+    model_rows,
+    model_values,
+    select_rows,
+)
+from search.methods.task_vectors import WEIGHT, lambda_spec
+
+LAMBDA = lambda_spec(0.3, 1.5)
+
+
+def magmax_merge(
+    base: torch.Tensor, deltas: torch.Tensor, params: TensorParams, seed: int | None, out: torch.Tensor | None
+) -> torch.Tensor:
+    """Keep, per parameter, the largest-magnitude (weighted) task-vector entry."""
+    k = deltas.shape[0]
+    rows = model_rows(params, k)
+    if not rows:
+        return base
+    weights = [model_values(params, WEIGHT, k)[i] for i in rows]
+    lam = float(global_value(params, LAMBDA))
+    stack = select_rows(deltas, rows).reshape(len(rows), -1)
+    magnitudes = stack.abs()
+    unit = all(w == 1.0 for w in weights)
+    if not unit:
+        scale = torch.tensor(weights, dtype=base.dtype, device=base.device)
+        magnitudes.mul_(scale.abs().view(-1, 1))
+    winner = magnitudes.argmax(dim=0, keepdim=True)
+    del magnitudes
+    picked = stack.gather(0, winner).view(base.shape)
+    if not unit:
+        picked.mul_(scale[winner].view(base.shape))
+    return torch.add(base, picked, alpha=lam, out=out)
+
+
+MAGMAX = MergeMethod(
+    name="magmax",
+    fn=magmax_merge,
+    params=(WEIGHT, LAMBDA),
+    needs_base=True,
+    min_models=1,
+    doc="MagMax: per parameter, the task-vector entry of largest magnitude, https://arxiv.org/abs/2407.06322",
+)

@@ -1,0 +1,361 @@
+"""The ask/tell driver: baselines first, then sampled candidates, each merged and scored slice by slice.
+
+The driver owns the Optuna study; workers (through a :class:`~search.backends.base.Backend`) only merge and score.
+Every slot holds at most one candidate in flight; when a slot's job returns, the driver reports, prunes, tells,
+and asks the next trial for that slot. With the in-process backend there is one slot; with Ray, one per actor.
+
+>>> summary = run_study(load_space("spaces/demo.yaml"))     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from search.backends.base import Backend, Job, JobResult
+from search.config.space import LoadedSpace, Space
+from search.errors import UserError
+from search.merging.spec import MergeSpec
+from search.study import storage
+from search.study.baselines import Baseline, hand_set_baselines
+from search.study.progress import RunProgress, counted
+from search.study.pruning import dominated_by_front, make_pruner
+from search.study.samplers import make_sampler
+from search.study.space_to_optuna import (
+    SearchPlan,
+    build_plan,
+    distributions,
+    params_for_uniform,
+    spec_from_params,
+    suggest,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class RunAborted(Exception):
+    """The run stopped itself (too many failures in a row); the study so far is kept."""
+
+
+@dataclass
+class InFlight:
+    """A candidate on a slot: its trial (None for a baseline), spec, and what it has scored so far."""
+
+    spec: MergeSpec
+    params: dict[str, Any]
+    trial: optuna.Trial | None = None
+    baseline: Baseline | None = None
+    step: int = -1
+    partials: list[dict[str, float]] = field(default_factory=list)
+    merge_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    retry_of: int | None = None
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    finished: int
+    complete: int
+    pruned: int
+    failed: int
+    baselines: int
+    seconds: float
+
+
+def directions(space: Space) -> list[str]:
+    if space.mode == "pareto":
+        return [o.direction for o in space.objectives]
+    dirs = {o.direction for o in space.objectives}
+    return [dirs.pop()] if len(dirs) == 1 else ["maximize"]
+
+
+def scalarize(space: Space, scores: dict[str, float]) -> float:
+    """The weighted view: sum of weight x score (scores of minimised objectives negated when directions mix)."""
+    dirs = {o.direction for o in space.objectives}
+    total = 0.0
+    for o in space.objectives:
+        sign = -1.0 if (len(dirs) > 1 and o.direction == "minimize") else 1.0
+        total += o.weight * sign * scores[o.name]
+    return total
+
+
+def create_study(run_dir: Path, space: Space, store: Any = None) -> optuna.Study:
+    return optuna.create_study(
+        study_name=storage.STUDY_NAME, storage=store or storage.open_storage(run_dir, space), load_if_exists=True,
+        sampler=make_sampler(space), pruner=make_pruner(space.pruner.name, space.pruner.margin, space.pruner.args),
+        directions=directions(space),
+    )
+
+
+class Driver:
+    """Runs one study to its budget on a backend."""
+
+    def __init__(self, loaded: LoadedSpace, run_dir: Path, backend: Backend, plan: SearchPlan, *,
+                 progress: bool = True) -> None:
+        self.loaded = loaded
+        self.space = loaded.space
+        self.run_dir = run_dir
+        self.backend = backend
+        self.plan = plan
+        self.storage = storage.open_storage(run_dir, self.space)
+        self.study = create_study(run_dir, self.space, self.storage)
+        self.study_id = self.storage.get_study_id_from_name(storage.STUDY_NAME)
+        self.fractions = self.space.pruner.slices
+        self.maximize = [o.direction == "maximize" for o in self.space.objectives]
+        self.slots: dict[int, InFlight | None] = {i: None for i in range(backend.slots)}
+        self.consecutive_failures = 0
+        self.last_failure = ""
+        self.deadline: float | None = None
+        self.progress = RunProgress(self.space, enabled=progress)
+
+    # -- recovery ---------------------------------------------------------------------------------------------
+    def recover(self) -> int:
+        """Trials left RUNNING by a driver that died are marked failed (interrupted) and enqueued again once."""
+        stale = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        for t in stale:
+            self._fail_interrupted(t.number, t.params, "interrupted: the run stopped while this trial ran",
+                                   retry=True, already_retry=t.user_attrs.get("retry_of"))
+        return len(stale)
+
+    def _fail_interrupted(self, number: int, params: dict[str, Any], reason: str, *, retry: bool,
+                          already_retry: int | None = None) -> None:
+        # The trial object of a dead driver is gone: set its attributes through the storage's public API.
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        self.storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        self.storage.set_trial_user_attr(trial_id, "interrupted", True)
+        self.study.tell(number, state=TrialState.FAIL)
+        if retry and already_retry is None and params:
+            self.study.enqueue_trial(params, user_attrs={"retry_of": number}, skip_if_exists=False)
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        t0 = time.perf_counter()
+        if self.space.budget.minutes is not None:
+            self.deadline = time.monotonic() + 60 * self.space.budget.minutes
+        pending_baselines = deque(self._missing_baselines()) if self.space.baselines else deque()
+        self.progress.start(done=self._done(), baselines_left=len(pending_baselines), study=self.study)
+        try:
+            while True:
+                for slot, current in self.slots.items():
+                    if current is None:
+                        work = self._next_work(pending_baselines)
+                        if work is None:
+                            break
+                        self.slots[slot] = work
+                        self.backend.submit(slot, Job("merge", spec=work.spec))
+                if all(v is None for v in self.slots.values()):
+                    break
+                self._handle(self.backend.wait())
+        except KeyboardInterrupt:
+            for slot, current in self.slots.items():
+                if current is not None and current.trial is not None:
+                    self._fail_interrupted(current.trial.number, current.params, "interrupted by the user",
+                                           retry=True, already_retry=current.retry_of)
+            raise
+        finally:
+            self.progress.stop()
+        return self.summary(time.perf_counter() - t0)
+
+    def summary(self, seconds: float) -> RunSummary:
+        trials = self.study.get_trials(deepcopy=False)
+        sampled = [t for t in trials if counted(t)]
+        return RunSummary(
+            run_dir=self.run_dir, finished=len(sampled),
+            complete=sum(t.state == TrialState.COMPLETE for t in sampled),
+            pruned=sum(t.state == TrialState.PRUNED for t in sampled),
+            failed=sum(t.state == TrialState.FAIL for t in sampled),
+            baselines=sum("baseline" in t.user_attrs for t in trials), seconds=seconds,
+        )
+
+    def _done(self) -> int:
+        return sum(counted(t) for t in self.study.get_trials(deepcopy=False))
+
+    def _in_flight(self) -> int:
+        return sum(1 for v in self.slots.values() if v is not None and v.trial is not None)
+
+    def _budget_left(self) -> bool:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return False
+        trials = self.space.budget.trials
+        return trials is None or self._done() + self._in_flight() < trials
+
+    def _missing_baselines(self) -> list[Baseline]:
+        have = {t.user_attrs.get("baseline") for t in self.study.get_trials(deepcopy=False)}
+        return [b for b in hand_set_baselines(self.plan.model_names, seed=self.space.seed) if b.name not in have]
+
+    def _next_work(self, baselines: deque[Baseline]) -> InFlight | None:
+        if baselines:
+            b = baselines.popleft()
+            return InFlight(spec=b.spec, params=params_for_uniform(self.plan, b.spec.method, b.uniform) or {},
+                            baseline=b)
+        if not self._budget_left():
+            return None
+        trial = self.study.ask()
+        params = suggest(trial, self.plan)
+        spec = spec_from_params(params, self.plan)
+        trial.set_user_attr("method", spec.method)
+        retry_of = trial.user_attrs.get("retry_of")
+        return InFlight(spec=spec, params={k: v for k, v in trial.params.items()}, trial=trial, retry_of=retry_of)
+
+    def _handle(self, result: JobResult) -> None:
+        current = self.slots[result.slot]
+        assert current is not None
+        if not result.ok:
+            self._finish(result.slot, current, TrialState.FAIL, reason=result.error, lost=result.worker_lost)
+            return
+        if result.job.kind == "merge":
+            current.merge_seconds = float(result.value)
+            self._submit_score(result.slot, current, 0)
+            return
+        current.eval_seconds += result.seconds
+        current.partials.append(dict(result.value))
+        step = current.step
+        if step == len(self.fractions) - 1:
+            self._finish(result.slot, current, TrialState.COMPLETE)
+        elif self._should_prune(current, step):
+            self._finish(result.slot, current, TrialState.PRUNED)
+        else:
+            self._submit_score(result.slot, current, step + 1)
+
+    def _submit_score(self, slot: int, current: InFlight, step: int) -> None:
+        current.step = step
+        self.backend.submit(slot, Job("score", split="search", fraction=self.fractions[step]))
+
+    def _should_prune(self, current: InFlight, step: int) -> bool:
+        scores = current.partials[-1]
+        if current.trial is None:
+            return False  # baselines are always scored in full
+        if self.space.mode == "weighted":
+            current.trial.report(scalarize(self.space, scores), step)
+            return current.trial.should_prune()
+        current.trial.set_user_attr(f"partial_{step}", [scores[o.name] for o in self.space.objectives])
+        if self.space.pruner.name != "pareto":
+            return False
+        front = [t.user_attrs[f"partial_{step}"] for t in self.study.best_trials if f"partial_{step}" in t.user_attrs]
+        partial = [scores[o.name] for o in self.space.objectives]
+        return dominated_by_front(partial, front, self.maximize, self.space.pruner.margin)
+
+    def _attrs(self, current: InFlight) -> dict[str, Any]:
+        attrs: dict[str, Any] = {
+            "method": current.spec.method,
+            "spec": json.dumps(current.spec.model_dump(mode="json")),
+            "merge_seconds": round(current.merge_seconds, 4),
+            "eval_seconds": round(current.eval_seconds, 4),
+            "slices_scored": len(current.partials),
+        }
+        for step, scores in enumerate(current.partials):
+            attrs[f"partial_{step}"] = [scores[o.name] for o in self.space.objectives]
+        if current.partials:
+            for name, value in current.partials[-1].items():
+                attrs[f"search.{name}"] = value
+        if current.baseline is not None:
+            attrs["baseline"] = current.baseline.name
+        return attrs
+
+    def _finish(self, slot: int, current: InFlight, state: TrialState, *, reason: str | None = None,
+                lost: bool = False) -> None:
+        self.slots[slot] = None
+        attrs = self._attrs(current)
+        if reason:
+            attrs["fail_reason"] = reason
+        final = current.partials[-1] if current.partials else None
+        values: list[float] | None = None
+        if state == TrialState.COMPLETE and final is not None:
+            values = ([final[o.name] for o in self.space.objectives] if self.space.mode == "pareto"
+                      else [scalarize(self.space, final)])
+        if current.trial is None:
+            self._add_baseline(current, state, values, attrs)
+        else:
+            for key, value in attrs.items():
+                current.trial.set_user_attr(key, value)
+            if lost and current.retry_of is None:
+                current.trial.set_user_attr("interrupted", True)
+                self.study.tell(current.trial, state=TrialState.FAIL)
+                self.study.enqueue_trial(current.params, user_attrs={"retry_of": current.trial.number})
+            elif state == TrialState.COMPLETE:
+                self.study.tell(current.trial, values if len(values or []) > 1 else values[0])  # type: ignore[index]
+            else:
+                self.study.tell(current.trial, state=state)
+        self._count_failure(state, reason)
+        self.progress.update(self.study, done=self._done(), finished_state=state, baseline=current.baseline)
+
+    def _add_baseline(self, current: InFlight, state: TrialState, values: list[float] | None,
+                      attrs: dict[str, Any]) -> None:
+        intermediate = {}
+        if self.space.mode == "weighted":
+            intermediate = {i: scalarize(self.space, s) for i, s in enumerate(current.partials)}
+        params = current.params
+        dists = distributions(self.plan, current.spec.method) if params else {}
+        trial = optuna.trial.create_trial(
+            state=state, values=values, params=params, distributions={k: dists[k] for k in params},
+            user_attrs=attrs, intermediate_values=intermediate,
+        )
+        self.study.add_trial(trial)
+
+    def _count_failure(self, state: TrialState, reason: str | None) -> None:
+        if state != TrialState.FAIL:
+            self.consecutive_failures = 0
+            return
+        self.consecutive_failures += 1
+        self.last_failure = reason or ""
+        limit = self.space.budget.max_consecutive_failures
+        if self.consecutive_failures >= limit:
+            raise RunAborted(f"{self.consecutive_failures} candidates failed in a row (last: {self.last_failure}); "
+                             f"the study so far is kept in {self.run_dir}. Fix the cause and run `search resume "
+                             f"{self.run_dir}`")
+
+
+def run_study(loaded: LoadedSpace, *, backend: Backend | None = None, progress: bool = True) -> RunSummary:
+    """Start or resume the study of a space: validate everything, then run to the budget."""
+    from search.merging.oneshot import load_layout
+    from search.study.trial import WorkerConfig
+
+    space = loaded.space
+    layout = load_layout(loaded.base_model, trust_remote_code=space.trust_remote_code, source=str(loaded.file))
+    plan = build_plan(space, layout.num_layers)
+    if backend is None:
+        backend = make_backend(loaded, WorkerConfig.from_space(loaded))
+    # Everything that can refuse bad input runs before the run folder is written.
+    preflight(loaded)
+    backend.start()
+    try:
+        run_dir, _ = storage.prepare_run_dir(loaded)
+        with storage.run_lock(run_dir):
+            driver = Driver(loaded, run_dir, backend, plan, progress=progress)
+            driver.recover()
+            return driver.run()
+    finally:
+        backend.close()
+
+
+def preflight(loaded: LoadedSpace) -> None:
+    """Check parents and evaluator specs on the driver (cheap), so bad input fails before any work."""
+    from evaluators.registry import parse_evaluator_spec
+    from search.weights.checks import check_parents
+
+    space = loaded.space
+    parents = [("base_model", loaded.base_model)] + [(f"models.{n}", p) for n, p in loaded.models.items()]
+    check_parents(parents, source=str(loaded.file), allow_pickle=space.allow_pickle).close()
+    for i, obj in enumerate(space.objectives):
+        parse_evaluator_spec(obj.evaluator, file=loaded.file, field=f"objectives[{i}].evaluator")
+
+
+def make_backend(loaded: LoadedSpace, config: Any) -> Backend:
+    if loaded.space.backend == "ray":
+        try:
+            from search.backends.ray import RayBackend
+        except ImportError as exc:
+            raise UserError("backend 'ray' is not available in this version", file=loaded.file, field="backend",
+                            fix="use backend: inprocess") from exc
+        return RayBackend(loaded, config)
+    from search.backends.inprocess import InProcessBackend
+
+    return InProcessBackend(config)

@@ -1,0 +1,80 @@
+"""Early stopping: which pruner judges a candidate's partial scores, single- or multi-objective.
+
+Single objective (or the weighted view): the scalarised partial score is reported with ``trial.report`` at each
+slice and an Optuna pruner decides — ``median``, ``successive_halving``, or :class:`BaselinePruner` (below the
+best hand-set baseline at the same slice, by a margin). Multi-objective studies cannot ``report`` in Optuna, so
+:func:`dominated_by_front` decides there: a candidate whose partial scores are dominated, by a margin on every
+objective, by a trial of the current front at the same slice is stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.pruners import BasePruner
+from optuna.trial import FrozenTrial, TrialState
+
+
+class BaselinePruner(BasePruner):
+    """Prune when the partial value is worse than the best baseline's at the same step by more than ``margin``."""
+
+    def __init__(self, margin: float = 0.0) -> None:
+        self.margin = margin
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        value = trial.intermediate_values[step]
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        best = None
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if "baseline" in t.user_attrs and step in t.intermediate_values:
+                v = t.intermediate_values[step]
+                best = v if best is None else (max(best, v) if maximize else min(best, v))
+        if best is None:
+            return False
+        return value < best - self.margin if maximize else value > best + self.margin
+
+
+def make_pruner(name: str, margin: float, args: dict[str, Any]) -> BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(**{"n_startup_trials": 5, **args})
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(**args)
+    if name == "baseline":
+        return BaselinePruner(margin)
+    return optuna.pruners.NopPruner()
+
+
+def dominated_by_front(partial: Sequence[float], front: Sequence[Sequence[float]], maximize: Sequence[bool],
+                       margin: float) -> bool:
+    """True when some front point beats ``partial`` by more than ``margin`` on every objective.
+
+    >>> dominated_by_front([0.2, 0.3], [[0.5, 0.6]], [True, True], margin=0.1)
+    True
+    >>> dominated_by_front([0.2, 0.7], [[0.5, 0.6]], [True, True], margin=0.0)
+    False
+    """
+    for point in front:
+        if all((q - p > margin) if mx else (p - q > margin) for p, q, mx in zip(partial, point, maximize)):
+            return True
+    return False
+
+
+def pareto_front(points: Sequence[Sequence[float]], maximize: Sequence[bool]) -> list[int]:
+    """Indices of the non-dominated points.
+
+    >>> pareto_front([[1, 0], [0, 1], [0.5, 0.5], [0.2, 0.2]], [True, True])
+    [0, 1, 2]
+    """
+    def better_eq(a: Sequence[float], b: Sequence[float]) -> bool:
+        return all((x >= y) if mx else (x <= y) for x, y, mx in zip(a, b, maximize))
+
+    out = []
+    for i, p in enumerate(points):
+        if not any(better_eq(q, p) and list(q) != list(p) for j, q in enumerate(points) if j != i):
+            out.append(i)
+    return out

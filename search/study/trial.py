@@ -1,0 +1,150 @@
+"""One worker's part of a trial: merge a candidate in place, then score it slice by slice.
+
+A :class:`Worker` is built once per process (or Ray actor): it loads the parents, allocates the working model,
+the tokenizer and the evaluators once, then serves candidates for the whole run. It knows nothing of Optuna or of
+which backend calls it; the driver (``loop.py``) turns its answers into reports, prunes and tells.
+
+>>> worker = Worker(WorkerConfig.from_space(loaded))       # doctest: +SKIP
+>>> worker.merge(spec)                                     # in place, no disk; raises CandidateFailure on NaN
+>>> worker.score("search", 0.25)                           # {"add": 0.61, "reverse": 0.88}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search.merging.spec import MergeSpec
+
+
+class CandidateFailure(Exception):
+    """A candidate that cannot be scored (NaN/inf weights or scores, out of memory): recorded as FAIL."""
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    name: str
+    evaluator: dict[str, Any]
+    metric: str
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker needs, as plain picklable data (it crosses process boundaries for Ray)."""
+
+    base_model: str
+    models: tuple[str, ...]
+    model_names: tuple[str, ...]
+    objectives: tuple[ObjectiveConfig, ...]
+    space_file: str
+    dtype: str = "float32"
+    device: str = "auto"
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_space(cls, loaded: Any, device: str | None = None) -> WorkerConfig:
+        space = loaded.space
+        return cls(
+            base_model=str(loaded.base_model),
+            models=tuple(str(loaded.models[n]) for n in space.models),
+            model_names=tuple(space.models),
+            objectives=tuple(ObjectiveConfig(o.name, dict(o.evaluator), o.metric) for o in space.objectives),
+            space_file=str(Path(loaded.file).resolve()),
+            dtype=space.dtype, device=device or space.device, allow_pickle=space.allow_pickle,
+            trust_remote_code=space.trust_remote_code,
+        )
+
+
+class Worker:
+    """Parents, working model, tokenizer and evaluators, loaded once; merges and scores candidates."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        from transformers import AutoTokenizer
+
+        from evaluators.registry import build_evaluator
+        from search.weights.parents import Parents, resolve_device
+
+        self.config = config
+        t0 = time.perf_counter()
+        self.device = resolve_device(config.device)
+        self.parents = Parents.load(config.base_model, list(config.models), dtype=getattr(torch, config.dtype),
+                                    device=self.device, allow_pickle=config.allow_pickle,
+                                    trust_remote_code=config.trust_remote_code,
+                                    labels=[f"models.{n}" for n in config.model_names], source=config.space_file)
+        self.model = self.parents.build_model()
+        self.tokenizer = AutoTokenizer.from_pretrained(config.base_model, trust_remote_code=config.trust_remote_code)
+        # objectives that share an evaluator spec share one evaluator (and one scoring pass)
+        self._evaluators: dict[str, Any] = {}
+        self._objective_key: dict[str, str] = {}
+        for i, obj in enumerate(config.objectives):
+            key = json.dumps(obj.evaluator, sort_keys=True)
+            if key not in self._evaluators:
+                self._evaluators[key] = build_evaluator(obj.evaluator, device=self.device.type,
+                                                        config_file=config.space_file,
+                                                        field=f"objectives[{i}].evaluator")
+            self._objective_key[obj.name] = key
+        self.load_seconds = time.perf_counter() - t0
+        self.current: MergeSpec | None = None
+
+    def merge(self, spec: MergeSpec) -> float:
+        """Merge ``spec`` into the working model in place; seconds taken. NaN/inf weights fail the candidate."""
+        t0 = time.perf_counter()
+        self.current = None
+        self.parents.merge_into(self.model, spec)
+        bad = first_non_finite(self.model, self.parents.names)
+        if bad is not None:
+            raise CandidateFailure(f"merged weights hold NaN/inf (first in {bad})")
+        self.current = spec
+        return time.perf_counter() - t0
+
+    def num_docs(self, split: str) -> dict[str, int]:
+        return {name: self._evaluators[key].num_docs(split) for name, key in self._objective_key.items()}
+
+    def score(self, split: str, fraction: float = 1.0) -> dict[str, float]:
+        """Every objective's metric on the first ``fraction`` of ``split`` (nested slices), for the merged model."""
+        from evaluators.protocol import slice_size
+
+        if self.current is None:
+            raise RuntimeError("score() before a successful merge()")
+        results: dict[str, dict[str, float]] = {}
+        for key, evaluator in self._evaluators.items():
+            limit = slice_size(evaluator.num_docs(split), fraction)
+            results[key] = evaluator.score(self.model, self.tokenizer, split, limit=limit)
+        out: dict[str, float] = {}
+        for obj in self.config.objectives:
+            metrics = results[self._objective_key[obj.name]]
+            if obj.metric not in metrics:
+                raise KeyError(f"objective '{obj.name}': evaluator returned no metric '{obj.metric}' "
+                               f"(it returned {sorted(metrics)})")
+            value = float(metrics[obj.metric])
+            if value != value or value in (float("inf"), float("-inf")):
+                raise CandidateFailure(f"objective '{obj.name}' scored {value}")
+            out[obj.name] = value
+        return out
+
+
+def first_non_finite(model: torch.nn.Module, names: list[str]) -> str | None:
+    state = model.state_dict()
+    for name in names:
+        if not torch.isfinite(state[name]).all():
+            return name
+    return None
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A one-line reason for a failed candidate, with out-of-memory named as such."""
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or "out of memory" in str(exc).lower():
+        return f"out of memory: {exc}".strip()
+    if isinstance(exc, CandidateFailure):
+        return str(exc)
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" ({Path(frame.filename).name}:{frame.lineno})" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"

@@ -1,0 +1,138 @@
+"""Parents loaded once for a search: the base and the fine-tunes' task vectors, merged in place per candidate.
+
+``Parents`` holds the base's tensors and, per tensor, the stacked task vectors of the ``k`` fine-tunes
+(``deltas[name][i] = finetune_i - base``) in one dtype on one device. A candidate (a :class:`MergeSpec`) is merged
+straight into the parameters of a model allocated once by :meth:`Parents.build_model`: no disk, no model
+re-creation, no whole-model allocation per candidate.
+
+>>> parents = Parents.load("models/base", ["models/add", "models/rev"], dtype=torch.float32)   # doctest: +SKIP
+>>> model = parents.build_model()                                                            # doctest: +SKIP
+>>> parents.merge_into(model, MergeSpec(method="task_arithmetic", parameters={"weight": 0.5},
+...                                     model_parameters=({}, {})))                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from search.errors import UserError
+from search.merging.spec import MergeSpec
+from search.weights.checks import check_parents
+from search.weights.layout import ModelLayout
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` is CUDA when present, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Parents:
+    """Base tensors and stacked task vectors, resident on ``device`` in ``dtype``."""
+
+    base_path: Path
+    model_paths: list[Path]
+    layout: ModelLayout
+    config: Any
+    base: dict[str, torch.Tensor]
+    deltas: dict[str, torch.Tensor]
+    fixed: dict[str, torch.Tensor] = field(default_factory=dict)  # non-float tensors, copied as they are
+    dtype: torch.dtype = torch.float32
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @classmethod
+    def load(cls, base_path: str | Path, model_paths: Sequence[str | Path], *, dtype: torch.dtype = torch.float32,
+             device: str | torch.device = "auto", allow_pickle: bool = False, trust_remote_code: bool = False,
+             labels: Sequence[str] | None = None, source: str | None = None) -> Parents:
+        """Check the parents against each other, then read each tensor once into base + task vectors."""
+        from transformers import AutoConfig
+
+        dev = resolve_device(device)
+        labels = list(labels) if labels is not None else [f"models[{i}]" for i in range(len(model_paths))]
+        checked = check_parents([("base_model", base_path)] + list(zip(labels, model_paths)), source=source,
+                                allow_pickle=allow_pickle)
+        try:
+            config = AutoConfig.from_pretrained(str(base_path), trust_remote_code=trust_remote_code)
+            layout = ModelLayout.from_config(config)
+            reference, models = checked.checkpoints[0], checked.checkpoints[1:]
+            base: dict[str, torch.Tensor] = {}
+            deltas: dict[str, torch.Tensor] = {}
+            fixed: dict[str, torch.Tensor] = {}
+            for name in reference.names:
+                b = reference.get(name, device=dev)
+                if not b.is_floating_point():
+                    fixed[name] = b
+                    continue
+                b = b.to(dtype)
+                stacked = torch.empty((len(models), *b.shape), dtype=dtype, device=dev)
+                for i, m in enumerate(models):
+                    torch.sub(m.get(name, device=dev).to(dtype), b, out=stacked[i])
+                base[name], deltas[name] = b, stacked
+        finally:
+            checked.close()
+        return cls(base_path=Path(base_path), model_paths=[Path(p) for p in model_paths], layout=layout,
+                   config=config, base=base, deltas=deltas, fixed=fixed, dtype=dtype, device=dev)
+
+    @property
+    def num_models(self) -> int:
+        return len(self.model_paths)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.base)
+
+    def nbytes(self) -> int:
+        """Bytes held: base plus every task vector."""
+        tensors = list(self.base.values()) + list(self.deltas.values()) + list(self.fixed.values())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def model_nbytes(self) -> int:
+        """Bytes of one model (the base) in the parents' dtype."""
+        return sum(t.numel() * t.element_size() for t in self.base.values())
+
+    def build_model(self) -> Any:
+        """Allocate the working model once (from the base's config) on the device, holding the base's weights."""
+        from transformers import AutoModelForCausalLM
+
+        with torch.device(self.device):
+            model = AutoModelForCausalLM.from_config(self.config, dtype=self.dtype)
+        model.eval()
+        state = model.state_dict()
+        missing = [n for n in list(self.base) + list(self.fixed) if n not in state]
+        if missing:
+            raise UserError(f"the model built from {self.base_path}/config.json has no tensor(s) "
+                            f"{', '.join(missing[:3])}", field="base_model",
+                            fix="use a checkpoint saved by the same transformers architecture it names")
+        with torch.no_grad():
+            for name, tensor in {**self.base, **self.fixed}.items():
+                state[name].copy_(tensor)
+        return model
+
+    def merge_into(self, model: Any, spec: MergeSpec, *, names: Sequence[str] | None = None) -> None:
+        """Write the merge of ``spec`` into ``model``'s parameters, tensor by tensor, in place."""
+        if len(spec.model_parameters) != self.num_models:
+            raise ValueError(f"spec has {len(spec.model_parameters)} model parameter sets, parents have "
+                             f"{self.num_models} fine-tunes")
+        method = spec.merge_method
+        state = model.state_dict()
+        with torch.no_grad():
+            for name in names or self.base:
+                params = spec.tensor_params(name, self.layout, device=self.device, dtype=self.dtype)
+                method.merge(self.base[name], self.deltas[name], params, seed=spec.tensor_seed(name),
+                             out=state[name])
+
+    def merged_state(self, spec: MergeSpec) -> dict[str, torch.Tensor]:
+        """The merge of ``spec`` as a new state dict (for export and tests; the search uses merge_into)."""
+        method = spec.merge_method
+        out: dict[str, torch.Tensor] = dict(self.fixed)
+        for name in self.base:
+            params = spec.tensor_params(name, self.layout, device=self.device, dtype=self.dtype)
+            out[name] = method.merge(self.base[name], self.deltas[name], params, seed=spec.tensor_seed(name))
+        return out

@@ -1,0 +1,104 @@
+"""Content-hash splits and fixed orders: disjoint, stable when files are reordered or grow, nested slices."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from evaluators import build_evaluator, slice_size
+from evaluators.splits import assign_split, fingerprint, first, fixed_order, hash_partition
+
+
+def _positions(docs: list[str], fraction: float) -> dict[str, list[str]]:
+    parts = hash_partition([fingerprint(d) for d in docs], fraction)
+    return {split: [docs[i] for i in idx] for split, idx in parts.items()}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(max_size=12), min_size=1, max_size=40), st.lists(st.text(max_size=12), max_size=20),
+       st.floats(0.05, 0.95), st.randoms(use_true_random=False))
+def test_partition_is_disjoint_and_stable_under_reorder_and_growth(docs, extra, fraction, rnd):
+    idx = hash_partition([fingerprint(d) for d in docs], fraction)
+    assert sorted(idx["search"] + idx["heldout"]) == list(range(len(docs)))  # disjoint, covers all
+    before = _positions(docs, fraction)
+    grown = docs + [e for e in extra if e not in set(docs)]
+    rnd.shuffle(grown)
+    after = _positions(grown, fraction)
+    for split in ("search", "heldout"):
+        # every old document keeps its split, and the old ones keep their relative order
+        assert [d for d in after[split] if d in set(docs)] == before[split]
+
+
+def test_identical_documents_share_a_split():
+    docs = ["same text"] * 5 + [f"other {i}" for i in range(50)]
+    parts = hash_partition([fingerprint(d) for d in docs], 0.5)
+    homes = {split for split, idx in parts.items() for i in idx if docs[i] == "same text"}
+    assert len(homes) == 1
+
+
+def test_fraction_is_respected_and_order_is_not_file_order():
+    docs = [{"id": i, "q": f"question {i}"} for i in range(4000)]
+    parts = hash_partition([fingerprint(d) for d in docs], 0.2)
+    assert abs(len(parts["heldout"]) / 4000 - 0.2) < 0.03
+    assert parts["search"][:50] != sorted(parts["search"][:50])
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert assign_split(fingerprint("x"), 0.5) == assign_split(fingerprint("x"), 0.5)
+
+
+def test_slices_nest():
+    order = fixed_order([fingerprint(i) for i in range(100)])
+    sizes = [slice_size(100, f) for f in (0.1, 0.3, 1.0)]
+    assert sizes == [10, 30, 100]
+    slices = [first(order, k) for k in sizes]
+    assert slices[0] == slices[1][:10] and slices[1] == slices[2][:30] and sorted(slices[2]) == list(range(100))
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_evaluator_splits_survive_a_shuffled_and_grown_file(tmp_path):
+    rows = [{"text": f"document number {i}"} for i in range(60)]
+    _write(tmp_path / "a.jsonl", rows)
+    grown = rows + [{"text": f"new document {i}"} for i in range(30)]
+    random.Random(3).shuffle(grown)
+    _write(tmp_path / "b.jsonl", grown)
+    before = build_evaluator({"type": "perplexity", "data": str(tmp_path / "a.jsonl")})
+    after = build_evaluator({"type": "perplexity", "data": str(tmp_path / "b.jsonl")})
+    old = {r["text"] for r in rows}
+    for split in ("search", "heldout"):
+        kept = [d for d in after.documents(split) if d in old]
+        assert kept == before.documents(split)  # same members, same fixed order
+    assert not set(after.documents("search")) & set(after.documents("heldout"))
+
+
+def test_lm_eval_task_splits_survive_a_shuffled_file(tmp_path):
+    rows = [{"question": f"{i}?", "answer": str(i)} for i in range(40)]
+    for name, data in (("before", rows), ("after", random.Random(5).sample(rows, len(rows)))):
+        folder = tmp_path / name
+        folder.mkdir()
+        _write(folder / "docs.jsonl", data)
+        (folder / "t_shuffled.yaml").write_text(
+            f"task: t_shuffled\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / 'docs.jsonl'}\n"
+            "test_split: test\noutput_type: loglikelihood\ndoc_to_text: '{{question}}'\n"
+            "doc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n"
+        )
+    evs = {name: build_evaluator({"type": "lm_eval", "task": "t_shuffled", "include_path": str(tmp_path / name),
+                                  "heldout_fraction": 0.3}) for name in ("before", "after")}
+    for split in ("search", "heldout"):
+        docs = {name: [d for _, d in ev.documents(split)] for name, ev in evs.items()}
+        assert docs["before"] == docs["after"]
+    questions = {split: {d["question"] for _, d in evs["before"].documents(split)} for split in ("search", "heldout")}
+    assert not questions["search"] & questions["heldout"]
+    assert len(questions["search"]) + len(questions["heldout"]) == 40
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1])
+def test_heldout_fraction_must_be_inside_0_1(bad):
+    with pytest.raises(ValueError):
+        assign_split(fingerprint("x"), bad)
