@@ -144,7 +144,9 @@ def _load_study(run_dir: Path, space: object) -> object:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc != 0:  # typer.Exit(code) is returned, not raised, without standalone mode
+            sys.exit(rc)
     except UserError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(UserError.exit_code)

@@ -1,0 +1,200 @@
+"""The search loop through real parts: tiny real models, a real journal storage, real evaluators, real Optuna."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from search.cli import main
+from search.config.space import load_space
+from search.errors import UserError
+from search.study.loop import run_study
+from search.study.storage import JOURNAL, STUDY_NAME, open_storage
+
+FLAKY = '''
+import math, os
+CALLS = {"n": 0}
+
+def score(model, tokenizer, docs):
+    """Real scoring (mean lm_head weight), except: the 3rd call gives NaN and the 5th raises."""
+    CALLS["n"] += 1
+    if CALLS["n"] == 3:
+        return {"score": math.nan}
+    if CALLS["n"] == 5:
+        raise RuntimeError("evaluator exploded on purpose")
+    import torch
+    with torch.no_grad():
+        return {"score": float(model.lm_head.weight.mean()) + float(os.environ.get("SLEEP_SCORE", "0")) * 0}
+'''
+
+SLOW = '''
+import time, torch
+def score(model, tokenizer, docs):
+    time.sleep(0.15)
+    with torch.no_grad():
+        return {"score": float(model.lm_head.weight.abs().mean())}
+'''
+
+
+@pytest.fixture()
+def world(tmp_path: Path, family: tuple[Path, list[Path]]) -> Path:
+    base, fts = family
+    random.seed(0)
+    with open(tmp_path / "text.jsonl", "w") as f:
+        for _ in range(40):
+            words = ["".join(random.choice("abcde") for _ in range(4)) for _ in range(6)]
+            f.write(json.dumps({"text": " ".join(words)}) + "\n")
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"i": i}) + "\n" for i in range(10)))
+    (tmp_path / "flaky_eval.py").write_text(FLAKY)
+    (tmp_path / "slow_eval.py").write_text(SLOW)
+    (tmp_path / "paths.json").write_text(json.dumps({"base": str(base), "fts": [str(p) for p in fts]}))
+    return tmp_path
+
+
+def write_space(root: Path, **changes: object) -> Path:
+    paths = json.loads((root / "paths.json").read_text())
+    space = {
+        "base_model": paths["base"],
+        "models": {"a": paths["fts"][0], "b": paths["fts"][1]},
+        "methods": {"task_arithmetic": {"weight": [0.0, 1.5]}, "ties": {"weight": [0.0, 1.5], "density": [0.2, 1.0]}},
+        "granularity": {"layer_groups": 2},
+        "objectives": [{"name": "ppl", "evaluator": {"type": "perplexity", "data": "text.jsonl", "max_length": 64},
+                        "metric": "perplexity", "direction": "minimize"}],
+        "sampler": {"name": "tpe"},
+        "pruner": {"name": "median", "slices": [0.3, 1.0], "args": {"n_startup_trials": 2}},
+        "budget": {"trials": 10},
+        "output": "run",
+    }
+    space.update(changes)
+    path = root / "space.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def trials_of(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir))
+    return study.get_trials(deepcopy=False)
+
+
+def test_study_has_baselines_trials_and_prunes(world: Path) -> None:
+    loaded = load_space(write_space(world))
+    summary = run_study(loaded, progress=False)
+    run_dir = world / "run"
+    assert (run_dir / JOURNAL).exists() and (run_dir / "resolved.json").exists() and (run_dir / "space.yaml").exists()
+    trials = trials_of(run_dir)
+    baselines = [t for t in trials if "baseline" in t.user_attrs]
+    assert {t.user_attrs["baseline"] for t in baselines} >= {"task_arithmetic_0.5", "ties", "dare_ties",
+                                                              "uniform_soup", "only_a", "only_b"}
+    assert all(t.state == TrialState.COMPLETE for t in baselines)
+    sampled = [t for t in trials if "baseline" not in t.user_attrs]
+    assert len(sampled) == 10 == summary.finished
+    assert any(t.state == TrialState.PRUNED for t in sampled), "the median pruner never stopped a candidate"
+    for t in sampled:
+        assert t.user_attrs["method"] in ("task_arithmetic", "ties")
+        names = [n for n in t.params if n != "method"]
+        assert names and all(n.startswith(t.user_attrs["method"] + ".") for n in names)
+        assert any(".layer_group_1.model_b" in n for n in names), names
+    # a baseline inside the space carries the same parameters as a sampled trial would
+    ta = next(t for t in baselines if t.user_attrs["baseline"] == "task_arithmetic_0.5")
+    assert ta.params["method"] == "task_arithmetic"
+    assert ta.params["task_arithmetic.weight.layer_group_0.model_a"] == 0.5
+
+
+def test_failures_are_recorded_and_the_run_goes_on(world: Path) -> None:
+    space = write_space(world, objectives=[{"name": "s", "evaluator": {
+        "type": "python", "function": "flaky_eval.py:score", "data": "docs.jsonl"}, "metric": "score"}],
+        pruner={"name": "none", "slices": [1.0]}, baselines=False, budget={"trials": 6})
+    summary = run_study(load_space(space), progress=False)
+    trials = trials_of(world / "run")
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    reasons = sorted(t.user_attrs["fail_reason"] for t in failed)
+    assert len(failed) == 2, reasons
+    assert any("nan" in r.lower() for r in reasons) and any("exploded on purpose" in r for r in reasons)
+    assert summary.finished == 6 and summary.complete == 4
+
+
+def test_nan_weights_fail_the_candidate(family: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    from search.merging.spec import MergeSpec
+    from search.study.trial import CandidateFailure, ObjectiveConfig, Worker, WorkerConfig
+
+    base, fts = family
+    (tmp_path / "text.jsonl").write_text("".join(json.dumps({"text": f"ab cd {w}"}) + "\n" for w in "abcdefghij"))
+    config = WorkerConfig(base_model=str(base), models=(str(fts[0]),), model_names=("a",),
+                          objectives=(ObjectiveConfig("p", {"type": "perplexity", "data": str(tmp_path / "text.jsonl")},
+                                                      "perplexity"),), space_file=str(tmp_path / "x.yaml"))
+    worker = Worker(config)
+    with pytest.raises(CandidateFailure, match="NaN/inf"):
+        worker.merge(MergeSpec(method="task_arithmetic", model_parameters=({"weight": float("inf")},)))
+    worker.merge(MergeSpec(method="task_arithmetic", model_parameters=({"weight": 0.5},)))
+    assert worker.score("search")["p"] > 1.0
+
+
+def test_consecutive_failures_stop_the_run(world: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (world / "bad_eval.py").write_text("def score(model, tokenizer, docs):\n    raise ValueError('always')\n")
+    space = write_space(world, objectives=[{"name": "s", "evaluator": {
+        "type": "python", "function": "bad_eval.py:score", "data": "docs.jsonl"}, "metric": "score"}],
+        pruner={"name": "none", "slices": [1.0]}, baselines=False,
+        budget={"trials": 10, "max_consecutive_failures": 3})
+    with pytest.raises(SystemExit) as exc:
+        main(["start", str(space), "--quiet"])
+    assert exc.value.code == 1
+    assert "3 candidates failed in a row" in capsys.readouterr().err
+    assert len([t for t in trials_of(world / "run") if t.state == TrialState.FAIL]) == 3
+
+
+def test_changed_space_is_refused(world: Path) -> None:
+    run_study(load_space(write_space(world, budget={"trials": 1}, baselines=False)), progress=False)
+    before = (world / "run" / JOURNAL).stat().st_size
+    changed = write_space(world, budget={"trials": 1}, baselines=False,
+                          methods={"ties": {"weight": [0.0, 1.0], "density": [0.2, 1.0]}})
+    with pytest.raises(UserError, match="methods"):
+        run_study(load_space(changed), progress=False)
+    assert (world / "run" / JOURNAL).stat().st_size == before
+    # a larger budget is not a change of space: it resumes
+    run_study(load_space(write_space(world, budget={"trials": 2}, baselines=False)), progress=False)
+    assert len(trials_of(world / "run")) == 2
+
+
+def test_sigkill_then_resume_loses_nothing(world: Path) -> None:
+    space = write_space(world, objectives=[{"name": "s", "evaluator": {
+        "type": "python", "function": "slow_eval.py:score", "data": "docs.jsonl"}, "metric": "score"}],
+        pruner={"name": "none", "slices": [0.5, 1.0]}, baselines=False, budget={"trials": 12})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "start", str(space), "--quiet"], cwd=world, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run_dir = world / "run"
+    deadline = time.monotonic() + 120
+    finished: list[optuna.trial.FrozenTrial] = []
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if (run_dir / JOURNAL).exists():
+            finished = [t for t in trials_of(run_dir) if t.state.is_finished()]
+            if len(finished) >= 4:
+                break
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {t.number: (t.state, t.values, t.params) for t in trials_of(run_dir) if t.state.is_finished()}
+    assert len(before) >= 4
+    main(["resume", str(run_dir), "--quiet"])
+    after = trials_of(run_dir)
+    for t in after:
+        if t.number in before:
+            assert (t.state, t.values, t.params) == before[t.number], f"trial {t.number} changed"
+    counted = [t for t in after if t.state.is_finished() and not t.user_attrs.get("interrupted")]
+    assert len(counted) == 12, "the resumed run reaches its budget"
+    interrupted = [t for t in after if t.user_attrs.get("interrupted")]
+    for t in interrupted:  # a trial killed mid-run is failed and retried once with the same parameters
+        retry = [r for r in after if r.user_attrs.get("retry_of") == t.number]
+        assert len(retry) == 1 and retry[0].params == t.params
