@@ -61,12 +61,30 @@ def merge(
 def start(
     space_file: Path = typer.Argument(..., help="space YAML (see spaces/README.md)"),
     output: Path = typer.Option(None, "--output", "-o", help="run folder (default: the space's `output`)"),
+    address: str = typer.Option(None, "--address", help="run on a Ray cluster: auto, or ray://HOST:PORT"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Run the search of SPACE_FILE to its budget; an existing run folder of the same space resumes."""
     from search.config.space import load_space
 
-    _run(load_space(space_file, output=output), quiet=quiet)
+    loaded = load_space(space_file, output=output)
+    if address:
+        loaded = loaded.with_ray(address)
+    _run(loaded, quiet=quiet)
+
+
+@app.command()
+def submit(
+    space_file: Path = typer.Argument(..., help="space YAML"),
+    address: str = typer.Option(..., "--address", help="the cluster's dashboard, e.g. http://HOST:8265"),
+    output: Path = typer.Option(None, "--output", "-o", help="run folder on storage every node reaches"),
+) -> None:
+    """Submit the run as a Ray Job; prints the job id and how to follow it."""
+    from search.backends.submit import submit_run
+    from search.config.space import load_space
+
+    job_id, follow = submit_run(load_space(space_file, output=output), address)
+    typer.echo(f"submitted job {job_id}\n{follow}")
 
 
 @app.command()
@@ -108,7 +126,7 @@ def status(run_dir: Path = typer.Argument(..., help="run folder")) -> None:
 
     space = load_run_space(run_dir)
     study = _load_study(run_dir, space)
-    Console().print(render_status(status_of(space, study.get_trials(deepcopy=False)), run_dir))
+    Console().print(render_status(status_of(space, study), run_dir))
 
 
 @app.command()
@@ -120,8 +138,11 @@ def trials(
     from search.study.progress import trials_frame
     from search.study.storage import load_run_space
 
+    from search.study.baselines import recorded_baselines
+
     space = load_run_space(run_dir)
-    frame = trials_frame(space, _load_study(run_dir, space).get_trials(deepcopy=False))
+    study = _load_study(run_dir, space)
+    frame = trials_frame(space, study.get_trials(deepcopy=False), recorded_baselines(study))
     if out is None:
         typer.echo(frame.drop(columns=[c for c in frame.columns if c.startswith("param.")]).to_string(index=False))
     elif out.suffix == ".csv":
@@ -130,6 +151,63 @@ def trials(
         frame.to_parquet(out, index=False)
     else:
         raise UserError(f"cannot write '{out}'", field="--out", fix="end the file name in .csv or .parquet")
+
+
+# --- selection, export and report commands (search/selection, search/report) -------------------------------
+def _alphas(text: str) -> list[float]:
+    try:
+        return [float(a) for a in text.split(",") if a.strip()]
+    except ValueError:
+        raise UserError(f"'{text}' is not a list of numbers", field="--alphas",
+                        fix="write comma-separated values in (0, 1), e.g. 0.25,0.5,0.75") from None
+
+
+@app.command()
+def select(
+    run_dir: Path = typer.Argument(..., help="run folder (finished or interrupted)"),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="frontier size with one objective"),
+    max_front: int = typer.Option(6, "--max-front", min=2, help="most Pareto points kept (evenly spaced)"),
+    alphas: str = typer.Option("0.25,0.5,0.75", "--alphas", help="interpolation points between frontier trials"),
+    soup_size: int = typer.Option(8, "--soup-size", min=1, help="best candidates the soups draw from"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Frontier, interpolations and soups re-scored on held-out data: selection.json, report.html, report.md."""
+    from search.selection.record import Options
+    from search.selection.select import select_run
+
+    options = Options(top_k=top_k, max_front=max_front, alphas=_alphas(alphas), soup_size=soup_size)
+    selection = select_run(run_dir, progress=not quiet and sys.stderr.isatty(), options=options)
+    win = selection.winner_item
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in win.heldout.items())
+    typer.echo(f"winner {win.id} ({win.label}): held-out {scores}")
+    typer.echo(f"report: {run_dir / 'report.html'} and {run_dir / 'report.md'}; "
+               f"export: search export {run_dir} --pick best")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="run folder with a selection.json (`search select`)"),
+    pick: str = typer.Option("best", "--pick", help="best, soup, pareto, a trial number, or an item id"),
+    out: Path = typer.Option(None, "--out", help="folder to write into (default RUN_DIR/export)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing export folders"),
+) -> None:
+    """Write picked models as Hugging Face folders, each with a model card and a mergekit YAML beside it."""
+    from search.export.folder import export_run
+
+    for folder in export_run(run_dir, pick, out=out, overwrite=overwrite):
+        typer.echo(f"{folder}  (mergekit recipe: {folder.parent / (folder.name + '.mergekit.yaml')})")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="run folder with a selection.json")) -> None:
+    """Render report.html and report.md again from selection.json and the study (no scoring)."""
+    from search.report.render import render_report
+
+    html_path, md_path = render_report(run_dir)
+    typer.echo(f"{html_path}\n{md_path}")
+
+
+# --- end of selection commands -------------------------------------------------------------------------------
 
 
 def _load_study(run_dir: Path, space: object) -> object:

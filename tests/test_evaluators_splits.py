@@ -102,3 +102,18 @@ def test_lm_eval_task_splits_survive_a_shuffled_file(tmp_path):
 def test_heldout_fraction_must_be_inside_0_1(bad):
     with pytest.raises(ValueError):
         assign_split(fingerprint("x"), bad)
+
+
+def test_a_tasks_own_process_docs_still_applies(tmp_path):
+    rows = [{"question": f"{i}?", "answer": str(i)} for i in range(30)]
+    _write(tmp_path / "docs.jsonl", rows)
+    (tmp_path / "t_utils.py").write_text(
+        "def odd_only(dataset):\n    return dataset.filter(lambda d: int(d['answer']) % 2 == 1)\n")
+    (tmp_path / "t_processed.yaml").write_text(
+        f"task: t_processed\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path / 'docs.jsonl'}\n"
+        "test_split: test\nprocess_docs: !function t_utils.odd_only\noutput_type: loglikelihood\n"
+        "doc_to_text: question\ndoc_to_target: answer\nmetric_list:\n  - metric: acc\n"
+    )
+    ev = build_evaluator({"type": "lm_eval", "task": "t_processed", "include_path": str(tmp_path)})
+    answers = [int(d["answer"]) for split in ("search", "heldout") for _, d in ev.documents(split)]
+    assert sorted(answers) == list(range(1, 30, 2))

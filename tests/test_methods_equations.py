@@ -49,7 +49,7 @@ def close(got: torch.Tensor, expected, tol: float = 1e-5) -> bool:
     return bool((got.double() - expected).abs().max() <= tol)
 
 
-# ---------------------------------------------------------------------------------------------------- MagMax
+# ---------------------------------------------------------------------------------------------- MagMax
 
 
 def test_magmax_by_hand() -> None:
@@ -70,7 +70,7 @@ def test_magmax_equals_numpy_and_ignores_the_base_row() -> None:
     assert close(got, expected, 1e-12)
 
 
-# ---------------------------------------------------------------------------------------------------- TSV-M
+# ----------------------------------------------------------------------------------------------- TSV-M
 
 
 def _polar(x: np.ndarray) -> np.ndarray:
@@ -124,7 +124,7 @@ def test_tsv_weights_scale_each_task_before_the_svd() -> None:
     assert close(merge("tsv", base, deltas, {"weight": [0.5, -2.0]}), expected, 1e-9)
 
 
-# ---------------------------------------------------------------------------------------------------- ISO
+# ------------------------------------------------------------------------------------------------- ISO
 
 
 def test_iso_c_by_hand() -> None:
@@ -204,10 +204,11 @@ def test_iso_cts_sizes() -> None:
 def test_iso_cts_without_task_space_is_iso_c() -> None:
     rng = np.random.default_rng(5)
     base, deltas = rng.normal(size=(5, 7)), rng.normal(size=(2, 5, 7))
-    assert close(merge("iso_cts", base, deltas, common_space_fraction=1.0), base + _iso_c_reference(deltas), 1e-9)
+    got = merge("iso_cts", base, deltas, common_space_fraction=1.0)
+    assert close(got, base + _iso_c_reference(deltas), 1e-9)
 
 
-# ---------------------------------------------------------------------------------------------------- TIES
+# ------------------------------------------------------------------------------------------------ TIES
 
 
 TIES_DELTAS = [[1.0, -2.0, 0.5, 3.0], [2.0, 1.0, -0.5, 3.0], [-4.0, 1.0, 0.0, 0.0]]
@@ -228,7 +229,8 @@ def test_ties_sign_election_and_disjoint_mean_by_hand() -> None:
 
 def test_ties_trims_each_task_vector_first() -> None:
     # density 0.5 of 4 keeps 2 per model: [0,-2,0,3], [2,0,0,3], [-4,1,0,0].
-    got = merge("ties", [0.0] * 4, TIES_DELTAS, {"weight": [1.0] * 3, "density": [0.5] * 3}, **{"lambda": 2.0})
+    per_model = {"weight": [1.0] * 3, "density": [0.5] * 3}
+    got = merge("ties", [0.0] * 4, TIES_DELTAS, per_model, **{"lambda": 2.0})
     assert close(got, [2 * -4.0, 2 * -2.0, 0.0, 2 * 3.0])
 
 
@@ -242,7 +244,7 @@ def test_dare_ties_with_seed_is_reproducible_and_drops() -> None:
     assert (a == torch.as_tensor(base)).sum() >= 10  # entries where both models were dropped
 
 
-# ---------------------------------------------------------------------------------------------------- sparsifiers
+# ----------------------------------------------------------------------------------------- sparsifiers
 
 
 def test_breadcrumbs_keeps_the_middle_band() -> None:
@@ -282,7 +284,7 @@ def test_della_keep_probability_follows_the_rank() -> None:
     assert bool(((mask - expected).abs() <= 5 * (0.25 / 4000) ** 0.5).all())  # 5 standard errors
 
 
-# ---------------------------------------------------------------------------------------------------- slerp
+# ----------------------------------------------------------------------------------------------- slerp
 
 
 def test_slerp_by_hand() -> None:
@@ -308,7 +310,7 @@ def test_slerp_falls_back_to_lerp_when_colinear() -> None:
     assert close(merge("slerp", [0.0, 0.0], [[1.0, 1.0]], t=0.5), [h, h])
 
 
-# ---------------------------------------------------------------------------------------------------- Model Stock
+# ----------------------------------------------------------------------------------------- Model Stock
 
 
 def test_model_stock_t_by_hand() -> None:

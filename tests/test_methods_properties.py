@@ -11,8 +11,8 @@ from search.errors import UserError
 from search.methods import METHODS, MergeMethod, TensorParams, get_method
 
 ORDER = [
-    "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "breadcrumbs", "breadcrumbs_ties",
-    "della", "della_linear", "model_stock", "tsv", "iso_c", "iso_cts", "magmax",
+    "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "breadcrumbs",
+    "breadcrumbs_ties", "della", "della_linear", "model_stock", "tsv", "iso_c", "iso_cts", "magmax",
 ]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -154,7 +154,8 @@ def test_task_arithmetic_is_linear_in_the_weights(w1: list[float], w2: list[floa
     method = get_method("task_arithmetic")
 
     def update(weights: list[float]) -> torch.Tensor:
-        params = TensorParams(per_model={"weight": torch.tensor(weights, dtype=torch.float64)}, globals={"lambda": lam})
+        per_model = {"weight": torch.tensor(weights, dtype=torch.float64)}
+        params = TensorParams(per_model=per_model, globals={"lambda": lam})
         return method.merge(base, deltas, params) - base
 
     both = update([a + b for a, b in zip(w1, w2)])
@@ -162,7 +163,7 @@ def test_task_arithmetic_is_linear_in_the_weights(w1: list[float], w2: list[floa
     assert torch.allclose(update([2 * a for a in w1]), 2 * update(w1), atol=1e-5)
 
 
-# ---------------------------------------------------------------------------------------------------- registry
+# -------------------------------------------------------------------------------------------- registry
 
 
 def test_registry_lists_every_method_in_reading_order() -> None:

@@ -3,8 +3,8 @@
 mergekit 0.1.5 merges in memory through ``mergekit.merge_methods.merge_tensors(tensors, name, parameters=...,
 base_index=...)``; per-model parameters are lists over the non-base inputs (all inputs for ``linear``).
 Deterministic methods must agree to 1e-5 in float32. For the random ones (dare, della) the zero-drop limit
-(density 1) must agree exactly, and over many seeds the sample means must agree within a bound derived from the
-sample variances (and, where E[result] has a closed form, both must hit it).
+(density 1) must agree exactly, and over many seeds the sample means must agree within a bound derived from
+the sample variances (and, where E[result] has a closed form, both must hit it).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from search.methods import METHODS, TensorParams, get_method
 
 TOL = 1e-5
 SHARED = [
-    "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "breadcrumbs", "breadcrumbs_ties",
-    "della", "della_linear", "model_stock",
+    "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "breadcrumbs",
+    "breadcrumbs_ties", "della", "della_linear", "model_stock",
 ]
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """One intra-op thread: on this shared machine, 2 threads made some tiny CPU reductions take ~7 ms each."""
+    """One intra-op thread: on this shared machine, 2 threads made tiny CPU reductions take ~7 ms each."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -80,13 +80,15 @@ def test_shared_methods_are_registered() -> None:
         ("task_arithmetic", {"weight": [0.7, 0.5, 0.2]}, {"normalize": True, "lambda": 0.6}),
         ("task_arithmetic", {"weight": [1.0, -1.0, 0.0]}, {"normalize": True}),  # divisor ~0 -> 1
         ("ties", {"weight": [1.0, 0.5, 0.8], "density": [0.5, 0.3, 0.9]}, {}),
-        ("ties", {"weight": [1.0, -0.5, 0.8], "density": [0.5, 1.0, 0.2]}, {"normalize": False, "lambda": 1.3}),
+        ("ties", {"weight": [1.0, -0.5, 0.8], "density": [0.5, 1.0, 0.2]},
+         {"normalize": False, "lambda": 1.3}),
         ("ties", {"weight": [0.6, 0.5, 0.8], "density": [0.4, 0.7, 0.1]}, {"rescale": True}),
-        ("breadcrumbs", {"weight": [1.0, 0.5, 0.8], "density": [0.8, 0.5, 0.9], "gamma": [0.05, 0.1, 0.0]}, {}),
+        ("breadcrumbs", {"weight": [1.0, 0.5, 0.8], "density": [0.8, 0.5, 0.9], "gamma": [0.05, 0.1, 0.0]},
+         {}),
         ("breadcrumbs", {"weight": [1.0, 0.5, 0.8], "density": [0.95, 0.6, 1.0], "gamma": [0.1, 0.5, 0.3]},
          {"normalize": True, "rescale": True}),
-        ("breadcrumbs_ties", {"weight": [1.0, 0.5, 0.8], "density": [0.8, 0.5, 0.9], "gamma": [0.05, 0.1, 0.2]},
-         {"lambda": 0.8}),
+        ("breadcrumbs_ties",
+         {"weight": [1.0, 0.5, 0.8], "density": [0.8, 0.5, 0.9], "gamma": [0.05, 0.1, 0.2]}, {"lambda": 0.8}),
         ("dare_linear", {"weight": [1.0, 0.5, 0.8]}, {}),  # density 1: no drop
         ("dare_ties", {"weight": [1.0, 0.5, 0.8], "density": [1.0, 1.0, 1.0]}, {"normalize": True}),
         ("della", {"weight": [1.0, 0.5, 0.8], "density": [1.0, 1.0, 1.0]}, {}),
@@ -167,7 +169,8 @@ STOCHASTIC_CASES = [
     ("dare_linear", {"weight": [1.0, 0.5], "density": [0.5, 0.7]}, {"rescale": False}),
     ("dare_ties", {"weight": [1.0, 0.5], "density": [0.6, 0.4]}, {"normalize": True}),
     ("della", {"weight": [1.0, 0.5], "density": [0.5, 0.4], "epsilon": [0.2, 0.1]}, {}),
-    ("della_linear", {"weight": [1.0, 0.7], "density": [0.5, 0.4], "epsilon": [0.3, 0.1]}, {"rescale": False}),
+    ("della_linear", {"weight": [1.0, 0.7], "density": [0.5, 0.4], "epsilon": [0.3, 0.1]},
+     {"rescale": False}),
 ]
 
 
@@ -206,7 +209,7 @@ def _closed_form_mean(
 
 @pytest.mark.parametrize("shape", [(4, 6), (3, 5, 2), (30,)])
 def test_dropping_without_rescale_has_the_closed_form_mean(shape: tuple[int, ...]) -> None:
-    """E[merged] = base + lambda * sum_i w_i p_i * d_i when nothing is rescaled (p from density, DELLA's ranks)."""
+    """E[merged] = base + lambda * sum_i w_i p_i d_i without rescale (p: density, or DELLA's ranks)."""
     n = 1500
     base, models = _models(shape, 2, seed=5)
     deltas = [m - base for m in models]

@@ -19,7 +19,7 @@ output: ../results/demo
 ```
 
 Every field is documented in ``spaces/README.md``; ``spaces/schema.json`` is generated from these models
-(``search schema``).
+(``python -m search.config.schema spaces/schema.json``).
 """
 
 from __future__ import annotations
@@ -79,17 +79,20 @@ class Objective(_Frozen):
     evaluator: dict[str, Any] = Field(description="An evaluator spec (type lm_eval | perplexity | python), "
                                                   "see evaluators/README.md.")
     metric: str = Field(description="The metric the evaluator returns that this objective reads.")
-    direction: Literal["maximize", "minimize"] = "maximize"
+    direction: Literal["maximize", "minimize"] = Field("maximize", description="Higher or lower is better.")
     weight: float = Field(1.0, description="Weight in the scalarised view (weighted sum of objectives).")
-    search_split: Literal["search", "heldout"] = "search"
-    heldout_split: Literal["search", "heldout"] = "heldout"
+    search_split: Literal["search", "heldout"] = Field(
+        "search", description="The evaluator split scored while searching (the evaluator's split_map says "
+                              "which of the task's own splits that is).")
+    heldout_split: Literal["search", "heldout"] = Field(
+        "heldout", description="The evaluator split of the final, held-out scores.")
 
 
 class Sampler(_Frozen):
     """An Optuna sampler by name, with its keyword arguments (e.g. ``{name: tpe, args: {n_startup_trials: 10}}``)."""
 
-    name: SamplerName = "tpe"
-    args: dict[str, Any] = Field(default_factory=dict)
+    name: SamplerName = Field("tpe", description="tpe | cmaes | nsgaii | nsgaiii | gp | qmc | random.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the Optuna sampler.")
 
 
 class Pruner(_Frozen):
@@ -100,7 +103,8 @@ class Pruner(_Frozen):
     ``pareto`` (multi-objective) stops one whose partial scores are dominated by the current front by ``margin``.
     """
 
-    name: PrunerName = "median"
+    name: PrunerName | None = Field(None, description="none | median | successive_halving | baseline | pareto; "
+                                    "default: median for one (weighted) objective, pareto for a Pareto study.")
     slices: list[float] = Field(default_factory=lambda: [0.25, 1.0],
                                 description="Growing fractions of the search split; the last must be 1.0.")
     margin: float = Field(0.0, ge=0, description="Slack for baseline/pareto pruning, in metric units.")
@@ -117,8 +121,8 @@ class Pruner(_Frozen):
 class Budget(_Frozen):
     """When to stop: after this many finished trials and/or this much wall time (whichever comes first)."""
 
-    trials: int | None = Field(50, ge=1)
-    minutes: float | None = Field(None, gt=0)
+    trials: int | None = Field(50, ge=1, description="Sampled trials to finish (baselines do not count).")
+    minutes: float | None = Field(None, gt=0, description="Wall-clock minutes for this start or resume.")
     max_consecutive_failures: int = Field(5, ge=1, description="Stop the run after this many failures in a row.")
 
     @model_validator(mode="after")
@@ -132,8 +136,8 @@ class Resources(_Frozen):
     """Workers for the Ray backend: how many, and what each takes."""
 
     workers: int | None = Field(None, ge=1, description="Actors; default one per GPU, else 1.")
-    gpus_per_worker: float = Field(0, ge=0)
-    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per actor (fractions share a GPU).")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs per actor.")
 
 
 ParamValue = Union[float, bool, Range]
@@ -146,25 +150,25 @@ class Space(_Frozen):
     models: dict[str, str] = Field(min_length=1, description="Fine-tunes by short name -> local HF folder.")
     methods: dict[str, dict[str, ParamValue]] = Field(
         min_length=1, description="Methods to search -> {parameter: [low, high] (searched) or value (fixed)}.")
-    granularity: Granularity = Field(default_factory=Granularity)
-    objectives: list[Objective] = Field(min_length=1)
+    granularity: Granularity = Field(default_factory=Granularity, description="How finely coefficients vary.")
+    objectives: list[Objective] = Field(min_length=1, description="What to score candidates on.")
     optimize: Literal["weighted", "pareto"] | None = Field(
         None, description="weighted: one scalarised objective; pareto: a multi-objective study. Default: pareto "
                           "with several objectives (weighted for cmaes/gp/qmc), weighted with one.")
-    sampler: Sampler = Field(default_factory=Sampler)
-    pruner: Pruner = Field(default_factory=Pruner)
-    budget: Budget = Field(default_factory=Budget)
+    sampler: Sampler = Field(default_factory=Sampler, description="The Optuna sampler.")
+    pruner: Pruner = Field(default_factory=Pruner, description="Early stopping on growing slices.")
+    budget: Budget = Field(default_factory=Budget, description="When to stop.")
     baselines: bool = Field(True, description="Score the hand-set merges a mergekit user would try first.")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Merge and score in this.")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the sampler and of stochastic methods.")
     output: str = Field("results/run", description="Run folder (relative to this file).")
-    backend: Literal["inprocess", "ray"] = "inprocess"
+    backend: Literal["inprocess", "ray"] = Field("inprocess", description="Who runs the trials.")
     ray_address: str | None = Field(None, description="Ray cluster address; none starts an embedded instance.")
     resources: Resources = Field(default_factory=Resources)
     storage: str | None = Field(None, description="Optuna storage URL; default: a journal file in the run folder.")
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
+    trust_remote_code: bool = Field(False, description="Let transformers run code shipped with a model.")
+    allow_pickle: bool = Field(False, description="Also read pytorch_model.bin (pickle) parents.")
 
     @field_validator("models")
     @classmethod
@@ -192,7 +196,7 @@ class Space(_Frozen):
                                      f"{', '.join(known) or 'nothing'})")
                 values = list(pvalue) if isinstance(pvalue, (tuple, list)) else [pvalue]
                 for v in values:
-                    problem = spec.check(v if spec.kind != "float" else float(v))
+                    problem = spec.check(float(v) if spec.kind == "float" and not isinstance(v, bool) else v)
                     if problem:
                         raise ValueError(f"{method_name}: {problem}")
                 if isinstance(pvalue, (tuple, list)) and pvalue[0] > pvalue[1]:
@@ -204,12 +208,18 @@ class Space(_Frozen):
         names = [o.name for o in self.objectives]
         if len(set(names)) != len(names):
             raise ValueError(f"objective names must be unique, got {names}")
+        from search.merging.spec import lookup_method
+
+        for method_name in self.methods:
+            problem = lookup_method(method_name).check_model_count([False] * len(self.models))
+            if problem:
+                raise ValueError(f"methods.{method_name}: {problem} (the base is not listed under models)")
         if self.mode == "pareto" and self.sampler.name in ("cmaes",):
             raise ValueError("the cmaes sampler optimises one objective: set optimize: weighted, or use tpe/nsgaii")
-        if self.mode == "pareto" and self.pruner.name in ("median", "successive_halving", "baseline"):
+        if self.mode == "pareto" and self.pruner_name in ("median", "successive_halving", "baseline"):
             raise ValueError(f"pruner '{self.pruner.name}' needs one objective: use pruner name 'pareto' "
                              "(or 'none') with optimize: pareto")
-        if self.mode == "weighted" and self.pruner.name == "pareto":
+        if self.mode == "weighted" and self.pruner_name == "pareto":
             raise ValueError("pruner 'pareto' needs optimize: pareto")
         return self
 
@@ -220,6 +230,13 @@ class Space(_Frozen):
         if len(self.objectives) == 1 or self.sampler.name in ("cmaes", "gp", "qmc"):
             return "weighted"
         return "pareto"
+
+    @property
+    def pruner_name(self) -> str:
+        """The pruner in use: the one named, else median (weighted) or pareto (multi-objective)."""
+        if self.pruner.name is not None:
+            return self.pruner.name
+        return "pareto" if self.mode == "pareto" else "median"
 
     @property
     def relaxed(self) -> bool:
@@ -237,6 +254,11 @@ class LoadedSpace(BaseModel):
     base_model: Path
     models: dict[str, Path]
     output: Path
+
+    def with_ray(self, address: str) -> LoadedSpace:
+        """The same space run on the Ray cluster at ``address`` (``auto`` or ``ray://host:port``)."""
+        space = self.space.model_copy(update={"backend": "ray", "ray_address": address})
+        return self.model_copy(update={"space": space})
 
     def fingerprint(self) -> str:
         """A hash of what determines the study (not the budget, output or backend, which may change on resume)."""

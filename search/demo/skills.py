@@ -19,7 +19,7 @@ Inputs used by the evaluation tasks are *reserved* (a fixed hash of the query): 
 the ``search`` and ``heldout`` splits hold different inputs.
 
 >>> [(e.prompt, e.answer) for e in eval_examples("add", "search", 2)]
-[('Q: 58+85 A:', '143'), ('Q: 40+24 A:', '64')]
+[('Q: 14+31 A:', '45'), ('Q: 77+67 A:', '144')]
 >>> eval_examples("title", "heldout", 3)[0].prompt == eval_examples("up", "heldout", 3)[0].prompt
 True
 """
@@ -27,6 +27,7 @@ True
 from __future__ import annotations
 
 import random
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -110,6 +111,26 @@ FINETUNE_SKILLS: tuple[str, ...] = ("add", "rev", "up", "sort", "title")
 
 #: The most examples one evaluation split can hold (two-digit sums have ~1350 reserved inputs).
 MAX_EVAL = 500
+
+
+_FAMILY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("add", re.compile(r"Q: \d\d\+\d\d A:")),
+    ("rev", re.compile(r"Q: rev [a-z]+ A:")),
+    ("case", re.compile(r"Q: up [a-z]+ A:")),
+    ("sort", re.compile(r"Q: sort [a-z]+ A:")),
+)
+
+
+def line_family(line: str) -> str | None:
+    """The skill family whose prompt starts ``line`` (``"case"`` for ``Q: up ab A: AB``), else None.
+
+    >>> line_family("Q: 12+34 A: 46"), line_family("Q: 1+2 A: 3"), line_family("Q: up ab A: AB")
+    ('add', None, 'case')
+    """
+    for family, pattern in _FAMILY_PATTERNS:
+        if pattern.match(line):
+            return family
+    return None
 
 
 def is_reserved(query: str) -> bool:
@@ -220,6 +241,15 @@ def pretraining_line(rng: random.Random, mix: Mixture = Mixture()) -> str:
 
 
 def text_corpus(split: Split, n: int) -> list[str]:
-    """Free-text lines for the perplexity evaluator; the two splits come from different streams."""
-    rng = random.Random(_family_seed(f"text/{split}"))
-    return [free_text_line(rng) for _ in range(n)]
+    """Distinct free-text lines for the perplexity evaluator; ``search`` and ``heldout`` share no line."""
+    if split not in SPLITS or n > MAX_EVAL:
+        raise ValueError(f"split must be one of {SPLITS} and n <= {MAX_EVAL}, got {split!r}, {n}")
+    rng = random.Random(_family_seed("text"))
+    lines: list[str] = []
+    seen: set[str] = set()
+    while len(lines) < 2 * MAX_EVAL:
+        t = free_text_line(rng)
+        if t not in seen:
+            seen.add(t)
+            lines.append(t)
+    return lines[:n] if split == "search" else lines[MAX_EVAL : MAX_EVAL + n]

@@ -20,12 +20,13 @@ import copy
 import math
 import random
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from search.demo.skills import Mixture, pretraining_line, train_examples
+from search.demo.skills import SKILLS, Mixture, line_family, pretraining_line, train_examples
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,17 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
+    """``replay`` > 0 adds ``replay * KL(base || model)`` on rows of the pretraining mixture that hold no
+    prompt of the fine-tuned skill's family: the fine-tune keeps the base's other behaviours, so its task
+    vector says less about other skills."""
+
     steps: int = 150
     batch: int = 32
     lr: float = 2e-4
+    replay: float = 0.0
+    replay_batch: int = 16
+    replay_len: int = 64
+    mixture: Mixture = field(default_factory=Mixture)
 
 
 def llama_config(tok: PreTrainedTokenizerBase, shape: ModelShape = ModelShape()) -> LlamaConfig:
@@ -93,23 +102,26 @@ def _schedule(step: int, steps: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _pretraining_batch(tok: PreTrainedTokenizerBase, rng: random.Random, batch: int, seq_len: int
-                       ) -> torch.Tensor:
+def _pretraining_batch(tok: PreTrainedTokenizerBase, rng: random.Random, batch: int, seq_len: int,
+                       mix: Mixture = Mixture(), skip: Callable[[str], bool] | None = None) -> torch.Tensor:
     rows = []
     for _ in range(batch):
         text = ""
         while len(text) < seq_len:
-            text += pretraining_line(rng)
+            line = pretraining_line(rng, mix)
+            if skip is None or not skip(line):
+                text += line
         rows.append(tok(text[:seq_len], add_special_tokens=False)["input_ids"])
     return torch.tensor(rows)
 
 
 def pretrain(tok: PreTrainedTokenizerBase, cfg: PretrainConfig = PretrainConfig(), *, seed: int = 0,
-             shape: ModelShape = ModelShape(), log_every: int = 0) -> LlamaForCausalLM:
+             shape: ModelShape = ModelShape(), log_every: int = 0,
+             on_log: Callable[[int, LlamaForCausalLM], None] | None = None) -> LlamaForCausalLM:
     """Train the base model from scratch on the pretraining mixture.
 
     Each row is a run of whole lines starting at a line start, so position 0 is the start of a question,
-    as in evaluation.
+    as in evaluation. ``on_log(step, model)`` is called every ``log_every`` steps (to watch skills grow).
     """
     torch.manual_seed(seed)
     model = LlamaForCausalLM(llama_config(tok, shape))
@@ -120,7 +132,7 @@ def pretrain(tok: PreTrainedTokenizerBase, cfg: PretrainConfig = PretrainConfig(
     for step in range(cfg.steps):
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _schedule(step, cfg.steps, cfg.warmup)
-        ids = _pretraining_batch(tok, rng, cfg.batch, cfg.seq_len)
+        ids = _pretraining_batch(tok, rng, cfg.batch, cfg.seq_len, cfg.mixture)
         loss = model(input_ids=ids, labels=ids).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -128,6 +140,10 @@ def pretrain(tok: PreTrainedTokenizerBase, cfg: PretrainConfig = PretrainConfig(
         opt.step()
         if log_every and (step % log_every == 0 or step == cfg.steps - 1):
             print(f"pretrain step {step:5d} loss {loss.item():.4f}", flush=True)
+            if on_log is not None:
+                model.eval()
+                on_log(step, model)
+                model.train()
     model.eval()
     return model
 
@@ -159,6 +175,8 @@ def finetune(base: LlamaForCausalLM, tok: PreTrainedTokenizerBase, skill: str,
     torch.manual_seed(seed)
     model = copy.deepcopy(base)
     rng = random.Random(seed * 1_000_003 + zlib.crc32(skill.encode()))
+    replay_rng = random.Random(seed * 1_000_033 + zlib.crc32(skill.encode()))
+    family = SKILLS[skill].family
     stream = train_examples(skill, rng)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     model.train()
@@ -166,6 +184,14 @@ def finetune(base: LlamaForCausalLM, tok: PreTrainedTokenizerBase, skill: str,
         batch = [next(stream) for _ in range(cfg.batch)]
         ids, mask, lab = answer_batch(tok, [e.prompt for e in batch], [e.answer for e in batch])
         loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+        if cfg.replay > 0:
+            r_ids = _pretraining_batch(tok, replay_rng, cfg.replay_batch, cfg.replay_len, cfg.mixture,
+                                       skip=lambda line: line_family(line) == family)
+            with torch.no_grad():
+                ref = torch.log_softmax(base(input_ids=r_ids).logits, -1)
+            cur = torch.log_softmax(model(input_ids=r_ids).logits, -1)
+            kl = torch.nn.functional.kl_div(cur, ref, log_target=True, reduction="none").sum(-1).mean()
+            loss = loss + cfg.replay * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

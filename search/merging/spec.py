@@ -88,13 +88,10 @@ class MergeSpec(BaseModel):
             elif spec.name not in self.parameters:
                 raise UserError(f"merge method '{method.name}' needs '{spec.name}'", file=file,
                                 field=f"{parameters_field}.{spec.name}", fix=f"add '{spec.name}: <value>'")
-        n_models = sum(1 for i in range(len(self.model_parameters)) if i != self.base_index)
-        if n_models < method.min_models or (method.max_models is not None and n_models > method.max_models):
-            wanted = (f"exactly {method.min_models}" if method.max_models == method.min_models
-                      else f"at least {method.min_models}" + (f" and at most {method.max_models}"
-                                                                 if method.max_models else ""))
-            raise UserError(f"merge method '{method.name}' takes {wanted} model(s) besides the base, got {n_models}",
-                            file=file, field=models_field, fix="list the right number of models")
+        is_base = [i == self.base_index for i in range(len(self.model_parameters))]
+        problem = method.check_model_count(is_base)
+        if problem:
+            raise UserError(problem, file=file, field=models_field, fix="list the right number of models")
 
     def tensor_params(self, name: str, layout: ModelLayout, *, device: torch.device | str = "cpu",
                       dtype: torch.dtype = torch.float32) -> TensorParams:
@@ -120,9 +117,9 @@ class MergeSpec(BaseModel):
                 if value is None:
                     value = spec.default if spec.default is not None else 0.0
                 values.append(float(value))
-            per_model[spec.name] = torch.tensor(values, dtype=dtype, device=device)
-        is_base = torch.tensor([i == self.base_index for i in range(len(self.model_parameters))],
-                               dtype=torch.bool, device=device)
+            # float64 on the CPU: methods read these as Python numbers (int(density * n) must match mergekit's)
+            per_model[spec.name] = torch.tensor(values, dtype=torch.float64)
+        is_base = torch.tensor([i == self.base_index for i in range(len(self.model_parameters))], dtype=torch.bool)
         return TensorParams(per_model=per_model, globals=shared, is_base=is_base)
 
     def tensor_seed(self, name: str) -> int | None:

@@ -16,7 +16,8 @@ ISO-CTS (a common subspace of M plus task-specific directions, then isotropic):
     U = polar([U_c, U_1[:, :s] ... U_T[:, :s]]),  V = polar([V_c, V_1[:, :s] ... V_T[:, :s]])
     merged = base + lambda * mean([S_c, S_1[:s] ... S_T[:s]]) * U V^T
 
-Other tensors (not 2-D) take the task-arithmetic mean ``base + lambda * mean_i D_i``, as the authors' code does.
+Other tensors (not 2-D) take the task-arithmetic mean ``base + lambda * mean_i D_i``, as the authors' code
+does.
 The reference code rounds the task-specific size as above; ``min(..., r // T)`` keeps ``c >= 0`` for tiny
 matrices (r < T), where the reference would index out of range. With ``s = 0`` ISO-CTS is ISO-C.
 
@@ -87,7 +88,8 @@ def iso_cts_merge(
     if base.dim() != 2:
         return task_vector_mean(base, deltas, rows, weights, lam, out)
     dtype = work_dtype(base.dtype)
-    common, per_task = iso_cts_sizes(min(base.shape), len(rows), float(global_value(params, COMMON_SPACE_FRACTION)))
+    fraction = float(global_value(params, COMMON_SPACE_FRACTION))
+    common, per_task = iso_cts_sizes(min(base.shape), len(rows), fraction)
     u, s, vh = torch.linalg.svd(weighted_sum(deltas, rows, weights, dtype), full_matrices=False)
     us, ss, vhs = [u[:, :common]], [s[:common]], [vh[:common]]
     if per_task > 0:

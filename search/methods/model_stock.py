@@ -35,11 +35,14 @@ def stock_ratio(vectors: torch.Tensor) -> torch.Tensor:
     """Model Stock's ``t`` for ``vectors`` shaped ``(k, m, L)``: one value per ``m``, shape ``(m,)``."""
     k = vectors.shape[0]
     norms = torch.linalg.vector_norm(vectors, dim=-1)  # (k, m)
-    gram = torch.einsum("iml,jml->mij", vectors, vectors)  # (m, k, k)
-    first, second = torch.triu_indices(k, k, offset=1, device=vectors.device)
-    dots = gram[:, first, second]  # (m, pairs)
-    norm_products = (norms[first] * norms[second]).transpose(0, 1)
-    cos = (dots / norm_products.clamp(min=1e-6)).clamp(-1, 1).mean(dim=1)
+    cos_sum = torch.zeros_like(norms[0])
+    for i in range(k):
+        for j in range(i + 1, k):
+            dot = torch.linalg.vecdot(vectors[i], vectors[j]) if vectors.shape[1] > 1 else torch.dot(
+                vectors[i, 0], vectors[j, 0]
+            ).view(1)
+            cos_sum += (dot / (norms[i] * norms[j]).clamp(min=1e-6)).clamp(-1, 1)
+    cos = cos_sum / (k * (k - 1) // 2)
     denominator = 1 + (k - 1) * cos
     singular = denominator.abs() < 1e-6
     return torch.where(singular, torch.zeros_like(cos), k * cos / torch.where(singular, 1, denominator))
@@ -59,7 +62,8 @@ def model_stock_merge(
     else:
         length = base.numel()
     vectors = chosen.reshape(k, -1, length)
-    t = stock_ratio(vectors).to(base.dtype)
+    work = torch.promote_types(base.dtype, torch.float32)  # half-precision dots are slow and coarse on CPU
+    t = stock_ratio(vectors.to(work)).to(base.dtype)
     mean = vectors.mean(dim=0)
     target = flat_out(out)
     result = torch.addcmul(
@@ -75,5 +79,5 @@ MODEL_STOCK = MergeMethod(
     params=(FILTER_WISE,),
     needs_base=True,
     min_models=2,
-    doc="Model Stock: interpolate towards the average by the task vectors' angle, https://arxiv.org/abs/2403.19522",
+    doc="Model Stock: towards the average by the task vectors' angle, https://arxiv.org/abs/2403.19522",
 )

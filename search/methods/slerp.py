@@ -6,8 +6,8 @@ The whole tensor is one vector (v0 = base, v1 = model). With unit vectors u0, u1
     merged = (1 - t) v0 + t v1                                           if |dot| > 0.9995 (near colinear)
     merged = sin((1 - t) theta) / sin(theta) v0 + sin(t theta) / sin(theta) v1,   theta = acos(dot)
 
-``t = 0`` gives the base, ``t = 1`` the model. Computed in float32 (float64 for float64 inputs), returned in the
-input dtype.
+``t = 0`` gives the base, ``t = 1`` the model. Computed in float32 (float64 for float64 inputs), returned in
+the input dtype.
 
 >>> import torch
 >>> base, deltas = torch.tensor([1.0, 0.0]), torch.tensor([[-1.0, 1.0]])   # model = [0, 1]

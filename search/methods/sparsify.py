@@ -1,19 +1,20 @@
 """Sparsification of one task vector, as mergekit's ``sparsify.py`` does it.
 
-Each function returns a boolean keep-mask shaped like the delta, or None for "keep everything" (the density is
-1 or more). ``apply_mask`` then zeroes the dropped entries and, with ``rescale``, multiplies the survivors so the
-L1 norm of the delta is unchanged (mergekit's ``RescaleNorm.l1``; it skips the rescale when either norm is below
-1e-7).
+Each function returns a boolean keep-mask shaped like the delta, or None for "keep everything" (the density
+is 1 or more). ``apply_mask`` then zeroes the dropped entries and, with ``rescale``, multiplies the survivors
+so the L1 norm of the delta is unchanged (mergekit's ``RescaleNorm.l1``; it skips the rescale when either
+norm is below 1e-7).
 
 - ``magnitude_mask`` (TIES): keep the ``max(1, int(density * n))`` entries of largest magnitude.
-- ``outlier_mask`` (Model Breadcrumbs): drop the ``int(gamma * n)`` largest entries, then the smallest, so that
-  ``int(density * n)`` remain; the outlier cut shrinks when ``density + gamma > 1``. ``density >= 1`` keeps all
-  (gamma then has no effect, as in mergekit).
+- ``outlier_mask`` (Model Breadcrumbs): drop the ``int(gamma * n)`` largest entries, then the smallest, so
+  that ``int(density * n)`` remain; the outlier cut shrinks when ``density + gamma > 1``. ``density >= 1``
+  keeps all (gamma then has no effect, as in mergekit).
 - ``random_mask`` (DARE): keep each entry with probability ``density``.
 - ``della_mask`` (DELLA MagPrune): along dim 1 (a 1-D tensor is one row), rank the entries by magnitude; keep
   each with probability ``density - epsilon + 2 * epsilon * rank / (n - 1)`` (rank 0 = smallest).
 
-Ties in magnitude are broken by position (mergekit's argsort breaks them arbitrarily); the count kept is exact.
+Ties in magnitude are broken by position (mergekit's argsort breaks them arbitrarily); the count kept is
+exact.
 
 >>> import torch
 >>> magnitude_mask(torch.tensor([0.1, -3.0, 2.0, 0.5]), 0.5)
@@ -36,8 +37,8 @@ def _magnitudes(delta: torch.Tensor) -> torch.Tensor:
 def top_mask(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
     """Flat keep-mask of the ``k`` largest ``magnitudes`` (exactly ``k``; ties go to the lower index).
 
-    O(n) by ``kthvalue`` rather than a sort. Masks for two counts are nested: ``top_mask(m, a) <= top_mask(m, b)``
-    for ``a <= b``.
+    O(n) by ``kthvalue`` rather than a sort. Masks for two counts are nested:
+    ``top_mask(m, a) <= top_mask(m, b)`` for ``a <= b``.
     """
     n = magnitudes.numel()
     if k >= n:
@@ -130,7 +131,7 @@ def apply_mask(
     scale: float = 1.0,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``delta * mask * scale``, times ``|delta|_1 / |delta * mask|_1`` when ``rescale``; into ``out`` if given."""
+    """``delta * mask * scale``, times ``|delta|_1 / |delta * mask|_1`` if ``rescale``; into ``out``."""
     if mask is None:
         return torch.mul(delta, scale, out=out)
     masked = torch.mul(delta, mask, out=out)

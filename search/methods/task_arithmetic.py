@@ -24,8 +24,8 @@ della_linear        della_magprune      no         false      true
 
 Rows of ``deltas`` that are the base take no part (mergekit merges ``group.non_base``). A negative weight
 subtracts its task vector (negation). ``int8_mask`` only saves memory in mergekit; it is accepted so mergekit
-recipes load, and changes nothing here. Every method accepts mergekit's full parameter set, so ``density`` is
-accepted (and, as in mergekit, has no effect) for ``task_arithmetic``.
+recipes load, and changes nothing here. Every method accepts mergekit's full parameter set, so ``density`` and
+``rescale`` are accepted (and, as in mergekit, have no effect) for ``task_arithmetic``.
 
 >>> import torch
 >>> base = torch.zeros(2)
@@ -113,10 +113,12 @@ def _rescale(default: bool) -> ParamSpec:
 
 def _density(search: tuple[float, float] | None) -> ParamSpec:
     if search is None:
-        return ParamSpec("density", per_model=True, default=1.0, low=0.0, high=1.0, doc="no effect (no sparsification)")
+        return ParamSpec(
+            "density", per_model=True, default=1.0, low=0.0, high=1.0, doc="no effect (no sparsification)"
+        )
     return ParamSpec(
-        "density", per_model=True, default=1.0, low=0.0, high=1.0, search_low=search[0], search_high=search[1],
-        doc="fraction of the task vector's entries kept",
+        "density", per_model=True, default=1.0, low=0.0, high=1.0,
+        search_low=search[0], search_high=search[1], doc="fraction of the task vector's entries kept",
     )
 
 
@@ -191,7 +193,9 @@ def generalized_task_arithmetic(
     return torch.add(base.reshape(-1), mixed.reshape(-1), out=target).view(base.shape)
 
 
-def _della_check(per_model: Mapping[str, Sequence[float]], globals_: Mapping[str, float | bool | int]) -> str | None:
+def _della_check(
+    per_model: Mapping[str, Sequence[float]], globals_: Mapping[str, float | bool | int]
+) -> str | None:
     densities = per_model.get("density", ())
     epsilons = per_model.get("epsilon", [EPSILON.default] * len(densities))
     for density, epsilon in zip(densities, epsilons):
@@ -239,33 +243,41 @@ def _family_member(
 
 TASK_ARITHMETIC = _family_member(
     "task_arithmetic", sparsification=None, consensus=False, normalize=False, rescale=False,
-    density_search=None, doc="Task arithmetic: base + lambda * sum_i w_i delta_i, https://arxiv.org/abs/2212.04089",
+    density_search=None,
+    doc="Task arithmetic: base + lambda * sum_i w_i delta_i, https://arxiv.org/abs/2212.04089",
 )
 TIES = _family_member(
     "ties", sparsification="magnitude", consensus=True, normalize=True, rescale=False,
-    density_search=(0.1, 1.0), doc="TIES: trim by magnitude, elect sign, disjoint mean, https://arxiv.org/abs/2306.01708",
+    density_search=(0.1, 1.0),
+    doc="TIES: trim by magnitude, elect sign, disjoint mean, https://arxiv.org/abs/2306.01708",
 )
 DARE_LINEAR = _family_member(
     "dare_linear", sparsification="random", consensus=False, normalize=False, rescale=True,
-    density_search=(0.1, 1.0), doc="DARE: random drop and rescale, summed, https://arxiv.org/abs/2311.03099",
+    density_search=(0.1, 1.0),
+    doc="DARE: random drop and rescale, summed, https://arxiv.org/abs/2311.03099",
 )
 DARE_TIES = _family_member(
     "dare_ties", sparsification="random", consensus=True, normalize=False, rescale=True,
-    density_search=(0.1, 1.0), doc="DARE drop and rescale with TIES sign election, https://arxiv.org/abs/2311.03099",
+    density_search=(0.1, 1.0),
+    doc="DARE drop and rescale with TIES sign election, https://arxiv.org/abs/2311.03099",
 )
 BREADCRUMBS = _family_member(
     "breadcrumbs", sparsification="magnitude_outliers", consensus=False, normalize=False, rescale=False,
-    density_search=(0.5, 1.0), doc="Model Breadcrumbs: drop outliers and small entries, https://arxiv.org/abs/2312.06795",
+    density_search=(0.5, 1.0),
+    doc="Model Breadcrumbs: drop outliers and small entries, https://arxiv.org/abs/2312.06795",
 )
 BREADCRUMBS_TIES = _family_member(
     "breadcrumbs_ties", sparsification="magnitude_outliers", consensus=True, normalize=False, rescale=False,
-    density_search=(0.5, 1.0), doc="Model Breadcrumbs with TIES sign election, https://arxiv.org/abs/2312.06795",
+    density_search=(0.5, 1.0),
+    doc="Model Breadcrumbs with TIES sign election, https://arxiv.org/abs/2312.06795",
 )
 DELLA = _family_member(
     "della", sparsification="della_magprune", consensus=True, normalize=True, rescale=True,
-    density_search=(0.2, 0.8), doc="DELLA: magnitude-ranked random drop, sign election, https://arxiv.org/abs/2406.11617",
+    density_search=(0.2, 0.8),
+    doc="DELLA: magnitude-ranked random drop, sign election, https://arxiv.org/abs/2406.11617",
 )
 DELLA_LINEAR = _family_member(
     "della_linear", sparsification="della_magprune", consensus=False, normalize=False, rescale=True,
-    density_search=(0.2, 0.8), doc="DELLA without sign election, https://arxiv.org/abs/2406.11617",
+    density_search=(0.2, 0.8),
+    doc="DELLA without sign election, https://arxiv.org/abs/2406.11617",
 )

@@ -62,7 +62,9 @@ def task_vector_mean(
     return add_weighted_deltas(base, deltas, coeffs, out=out)
 
 
-def weighted_sum(deltas: torch.Tensor, rows: Sequence[int], weights: Sequence[float], dtype: torch.dtype) -> torch.Tensor:
+def weighted_sum(
+    deltas: torch.Tensor, rows: Sequence[int], weights: Sequence[float], dtype: torch.dtype
+) -> torch.Tensor:
     """``sum over rows of w_i * delta_i`` in ``dtype``."""
     total = torch.zeros(deltas.shape[1:], dtype=dtype, device=deltas.device)
     for i in rows:
@@ -70,8 +72,10 @@ def weighted_sum(deltas: torch.Tensor, rows: Sequence[int], weights: Sequence[fl
     return total
 
 
-def add_update(base: torch.Tensor, update: torch.Tensor, lam: float, out: torch.Tensor | None) -> torch.Tensor:
-    """``base + lam * update`` in ``update``'s precision, returned in ``base``'s dtype (into ``out`` if given)."""
+def add_update(
+    base: torch.Tensor, update: torch.Tensor, lam: float, out: torch.Tensor | None
+) -> torch.Tensor:
+    """``base + lam * update`` in ``update``'s precision, in ``base``'s dtype (into ``out`` if given)."""
     if out is not None:
         return torch.add(base, update, alpha=lam, out=out)
     return torch.add(base, update, alpha=lam).to(base.dtype)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,8 @@ from search.config.space import LoadedSpace, Space
 from search.errors import UserError
 from search.merging.spec import MergeSpec
 from search.study import storage
-from search.study.baselines import Baseline, hand_set_baselines
+from search.study.baselines import STUDY_ATTR_PREFIX, Baseline, BaselineRecord, hand_set_baselines, \
+    recorded_baselines
 from search.study.progress import RunProgress, counted
 from search.study.pruning import dominated_by_front, make_pruner
 from search.study.samplers import make_sampler
@@ -90,7 +92,7 @@ def scalarize(space: Space, scores: dict[str, float]) -> float:
 def create_study(run_dir: Path, space: Space, store: Any = None) -> optuna.Study:
     return optuna.create_study(
         study_name=storage.STUDY_NAME, storage=store or storage.open_storage(run_dir, space), load_if_exists=True,
-        sampler=make_sampler(space), pruner=make_pruner(space.pruner.name, space.pruner.margin, space.pruner.args),
+        sampler=make_sampler(space), pruner=make_pruner(space.pruner_name, space.pruner.margin, space.pruner.args),
         directions=directions(space),
     )
 
@@ -107,6 +109,10 @@ class Driver:
         self.plan = plan
         self.storage = storage.open_storage(run_dir, self.space)
         self.study = create_study(run_dir, self.space, self.storage)
+        with warnings.catch_warnings():  # experimental since Optuna 3.2; the dashboard labels objectives with it
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.study.set_metric_names([o.name for o in self.space.objectives] if self.space.mode == "pareto"
+                                        else ["weighted"])
         self.study_id = self.storage.get_study_id_from_name(storage.STUDY_NAME)
         self.fractions = self.space.pruner.slices
         self.maximize = [o.direction == "maximize" for o in self.space.objectives]
@@ -172,7 +178,7 @@ class Driver:
             complete=sum(t.state == TrialState.COMPLETE for t in sampled),
             pruned=sum(t.state == TrialState.PRUNED for t in sampled),
             failed=sum(t.state == TrialState.FAIL for t in sampled),
-            baselines=sum("baseline" in t.user_attrs for t in trials), seconds=seconds,
+            baselines=len(recorded_baselines(self.study)), seconds=seconds,
         )
 
     def _done(self) -> int:
@@ -188,7 +194,7 @@ class Driver:
         return trials is None or self._done() + self._in_flight() < trials
 
     def _missing_baselines(self) -> list[Baseline]:
-        have = {t.user_attrs.get("baseline") for t in self.study.get_trials(deepcopy=False)}
+        have = {b.name for b in recorded_baselines(self.study)}
         return [b for b in hand_set_baselines(self.plan.model_names, seed=self.space.seed) if b.name not in have]
 
     def _next_work(self, baselines: deque[Baseline]) -> InFlight | None:
@@ -237,7 +243,7 @@ class Driver:
             current.trial.report(scalarize(self.space, scores), step)
             return current.trial.should_prune()
         current.trial.set_user_attr(f"partial_{step}", [scores[o.name] for o in self.space.objectives])
-        if self.space.pruner.name != "pareto":
+        if self.space.pruner_name != "pareto":
             return False
         front = [t.user_attrs[f"partial_{step}"] for t in self.study.best_trials if f"partial_{step}" in t.user_attrs]
         partial = [scores[o.name] for o in self.space.objectives]
@@ -293,7 +299,16 @@ class Driver:
         if self.space.mode == "weighted":
             intermediate = {i: scalarize(self.space, s) for i, s in enumerate(current.partials)}
         params = current.params
-        dists = distributions(self.plan, current.spec.method) if params else {}
+        assert current.baseline is not None
+        if not params:  # outside the space: a study attribute, not a trial (see baselines.STUDY_ATTR_PREFIX)
+            record = BaselineRecord(
+                name=current.baseline.name, state=state.name, spec=attrs["spec"], values=values,
+                search={k.removeprefix("search."): v for k, v in attrs.items() if k.startswith("search.")},
+                intermediate=intermediate, partials=[attrs[f"partial_{i}"] for i in range(len(current.partials))],
+                fail_reason=attrs.get("fail_reason"))
+            self.study.set_user_attr(STUDY_ATTR_PREFIX + record.name, record.__dict__)
+            return
+        dists = distributions(self.plan, current.spec.method)
         trial = optuna.trial.create_trial(
             state=state, values=values, params=params, distributions={k: dists[k] for k in params},
             user_attrs=attrs, intermediate_values=intermediate,
@@ -346,6 +361,12 @@ def preflight(loaded: LoadedSpace) -> None:
     check_parents(parents, source=str(loaded.file), allow_pickle=space.allow_pickle).close()
     for i, obj in enumerate(space.objectives):
         parse_evaluator_spec(obj.evaluator, file=loaded.file, field=f"objectives[{i}].evaluator")
+    make_sampler(space)  # unknown sampler arguments are refused here
+    try:
+        make_pruner(space.pruner_name, space.pruner.margin, space.pruner.args)
+    except TypeError as exc:
+        raise UserError(f"pruner '{space.pruner_name}' refused its arguments ({exc})", file=loaded.file,
+                        field="pruner.args", fix="use the keyword arguments of the Optuna pruner") from None
 
 
 def make_backend(loaded: LoadedSpace, config: Any) -> Backend:

@@ -27,6 +27,15 @@ def best_scores(space: Space, trials: list[FrozenTrial]) -> dict[str, float]:
     return best
 
 
+def _best_of_baselines(space: Space, baselines: list[Any]) -> dict[str, float]:
+    best: dict[str, float] = {}
+    for o in space.objectives:
+        values = [b.search[o.name] for b in baselines if b.state == "COMPLETE" and o.name in b.search]
+        if values:
+            best[o.name] = max(values) if o.direction == "maximize" else min(values)
+    return best
+
+
 def counted(t: FrozenTrial) -> bool:
     """Whether a finished trial counts toward the budget (baselines and interrupted attempts do not)."""
     if "baseline" in t.user_attrs or t.user_attrs.get("interrupted"):
@@ -52,9 +61,12 @@ class Status:
     failures: list[tuple[int, str]]
 
 
-def status_of(space: Space, trials: list[FrozenTrial]) -> Status:
+def status_of(space: Space, study: optuna.Study) -> Status:
+    from search.study.baselines import recorded_baselines
+
+    trials = study.get_trials(deepcopy=False)
     sampled = [t for t in trials if counted(t)]
-    baselines = [t for t in trials if "baseline" in t.user_attrs]
+    baselines = recorded_baselines(study)
     rate = None
     finished = sorted((t.datetime_complete for t in sampled if t.datetime_complete), key=lambda d: d)
     starts = [t.datetime_start for t in sampled if t.datetime_start]
@@ -69,7 +81,7 @@ def status_of(space: Space, trials: list[FrozenTrial]) -> Status:
         complete=sum(t.state == TrialState.COMPLETE for t in sampled),
         pruned=sum(t.state == TrialState.PRUNED for t in sampled),
         failed=sum(t.state == TrialState.FAIL for t in sampled),
-        baselines=len(baselines), best=best_scores(space, trials), best_baseline=best_scores(space, baselines),
+        baselines=len(baselines), best=best_scores(space, trials), best_baseline=_best_of_baselines(space, baselines),
         trials_per_minute=rate, eta_minutes=eta,
         failures=[(t.number, t.user_attrs.get("fail_reason", "?")) for t in trials if t.state == TrialState.FAIL],
     )
@@ -129,8 +141,7 @@ class RunProgress:
         self._progress.update(self._task, completed=done, description=self._describe(study))
 
     def _describe(self, study: optuna.Study) -> str:
-        trials = study.get_trials(deepcopy=False)
-        status = status_of(self.space, trials)
+        status = status_of(self.space, study)
         best = " ".join(f"{k}={v:.3f}" for k, v in status.best.items()) or "-"
         speed = f"{status.trials_per_minute:.1f}/min" if status.trials_per_minute else ""
         phase = f"baselines left {self._baselines_left} | " if self._baselines_left else ""
@@ -142,11 +153,24 @@ class RunProgress:
             self._progress = None
 
 
-def trials_frame(space: Space, trials: list[FrozenTrial]) -> Any:
-    """One row per trial: number, state, method, baseline, search score per objective, times, failure reason."""
+def trials_frame(space: Space, trials: list[FrozenTrial], baselines: list[Any] | None = None) -> Any:
+    """One row per trial (and per baseline kept outside the trials): number, state, method, baseline, search
+    score per objective, times, failure reason."""
+    import json
+
     import pandas as pd
 
     rows = []
+    in_trials = {t.user_attrs.get("baseline") for t in trials}
+    for b in baselines or []:
+        if b.name in in_trials:
+            continue
+        row = {"number": None, "state": b.state, "method": json.loads(b.spec)["method"] if b.spec else None,
+               "baseline": b.name}
+        row.update({f"search.{o.name}": b.search.get(o.name) for o in space.objectives})
+        row["value"] = b.values[0] if b.values and len(b.values) == 1 else None
+        row["fail_reason"] = b.fail_reason
+        rows.append(row)
     for t in trials:
         row: dict[str, Any] = {
             "number": t.number, "state": t.state.name, "method": t.user_attrs.get("method"),

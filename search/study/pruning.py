@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 from optuna.pruners import BasePruner
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 
 class BaselinePruner(BasePruner):
@@ -28,11 +28,13 @@ class BaselinePruner(BasePruner):
         if step is None:
             return False
         value = trial.intermediate_values[step]
+        from search.study.baselines import recorded_baselines
+
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         best = None
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if "baseline" in t.user_attrs and step in t.intermediate_values:
-                v = t.intermediate_values[step]
+        for b in recorded_baselines(study):
+            if b.state == "COMPLETE" and step in b.intermediate:
+                v = b.intermediate[step]
                 best = v if best is None else (max(best, v) if maximize else min(best, v))
         if best is None:
             return False

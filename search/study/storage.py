@@ -33,21 +33,27 @@ SPACE_COPY = "space.yaml"
 STUDY_NAME = "merge-search"
 
 
-def storage_url(run_dir: Path, space: Space) -> str | None:
-    return space.storage
-
-
 def open_storage(run_dir: Path, space: Space | None = None) -> Any:
     """The run's Optuna storage: the journal file in the run folder, or the URL the space names."""
     import optuna
-    from optuna.storages.journal import JournalFileBackend
 
     if space is not None and space.storage:
         url = space.storage
         if url.startswith("journal:"):
-            return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+            return optuna.storages.JournalStorage(journal_backend(Path(url.removeprefix("journal:"))))
         return optuna.storages.RDBStorage(url)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(run_dir / JOURNAL)))
+    return optuna.storages.JournalStorage(journal_backend(run_dir / JOURNAL))
+
+
+def journal_backend(path: Path) -> Any:
+    """A journal file whose write lock, if left behind by a killed process, is broken after a few seconds.
+
+    Writes hold the lock for milliseconds and one driver runs per run folder (see :func:`run_lock`), so a lock
+    older than the grace period is stale; Optuna's default (30 s) would stall every resume after a kill -9.
+    """
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    return JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path), grace_period=5))
 
 
 def prepare_run_dir(loaded: LoadedSpace) -> tuple[Path, bool]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from search.errors import UserError
 from search.merging.spec import MergeSpec
 
 
@@ -32,6 +33,12 @@ class ObjectiveConfig:
     name: str
     evaluator: dict[str, Any]
     metric: str
+    search_split: str = "search"
+    heldout_split: str = "heldout"
+
+    def split_for(self, phase: str) -> str:
+        """The evaluator split this objective reads in a phase ("search" while searching, "heldout" after)."""
+        return self.search_split if phase == "search" else self.heldout_split
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,8 @@ class WorkerConfig:
             base_model=str(loaded.base_model),
             models=tuple(str(loaded.models[n]) for n in space.models),
             model_names=tuple(space.models),
-            objectives=tuple(ObjectiveConfig(o.name, dict(o.evaluator), o.metric) for o in space.objectives),
+            objectives=tuple(ObjectiveConfig(o.name, dict(o.evaluator), o.metric, o.search_split, o.heldout_split)
+                             for o in space.objectives),
             space_file=str(Path(loaded.file).resolve()),
             dtype=space.dtype, device=device or space.device, allow_pickle=space.allow_pickle,
             trust_remote_code=space.trust_remote_code,
@@ -91,8 +99,16 @@ class Worker:
                                                         config_file=config.space_file,
                                                         field=f"objectives[{i}].evaluator")
             self._objective_key[obj.name] = key
-        self.load_seconds = time.perf_counter() - t0
         self.current: MergeSpec | None = None
+        try:  # a wrong metric name, or an evaluator that cannot score the base at all, is bad input: refuse it now
+            self._score("search", 1.0, check_metrics=True)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"an evaluator failed on the base model before any trial: {describe_failure(exc)}",
+                            file=config.space_file, field="objectives",
+                            fix="check the evaluator configuration and code") from exc
+        self.load_seconds = time.perf_counter() - t0
 
     def merge(self, spec: MergeSpec) -> float:
         """Merge ``spec`` into the working model in place; seconds taken. NaN/inf weights fail the candidate."""
@@ -108,19 +124,32 @@ class Worker:
     def num_docs(self, split: str) -> dict[str, int]:
         return {name: self._evaluators[key].num_docs(split) for name, key in self._objective_key.items()}
 
-    def score(self, split: str, fraction: float = 1.0) -> dict[str, float]:
-        """Every objective's metric on the first ``fraction`` of ``split`` (nested slices), for the merged model."""
-        from evaluators.protocol import slice_size
-
+    def score(self, phase: str, fraction: float = 1.0) -> dict[str, float]:
+        """Every objective's metric for the merged model, on the first ``fraction`` (nested slices) of the split
+        each objective reads in ``phase`` ("search" or "heldout")."""
         if self.current is None:
             raise RuntimeError("score() before a successful merge()")
-        results: dict[str, dict[str, float]] = {}
-        for key, evaluator in self._evaluators.items():
-            limit = slice_size(evaluator.num_docs(split), fraction)
-            results[key] = evaluator.score(self.model, self.tokenizer, split, limit=limit)
-        out: dict[str, float] = {}
+        return self._score(phase, fraction)
+
+    def _score(self, phase: str, fraction: float, *, check_metrics: bool = False) -> dict[str, float]:
+        from evaluators.protocol import slice_size
+
+        results: dict[tuple[str, str], dict[str, float]] = {}
         for obj in self.config.objectives:
-            metrics = results[self._objective_key[obj.name]]
+            key, split = self._objective_key[obj.name], obj.split_for(phase)
+            if (key, split) not in results:
+                evaluator = self._evaluators[key]
+                limit = 1 if check_metrics else slice_size(evaluator.num_docs(split), fraction)
+                results[(key, split)] = evaluator.score(self.model, self.tokenizer, split, limit=limit)
+        out: dict[str, float] = {}
+        for i, obj in enumerate(self.config.objectives):
+            metrics = results[(self._objective_key[obj.name], obj.split_for(phase))]
+            if check_metrics:
+                if obj.metric not in metrics:
+                    raise UserError(f"the evaluator returns no metric '{obj.metric}' (it returns: "
+                                    f"{', '.join(sorted(metrics))})", file=self.config.space_file,
+                                    field=f"objectives[{i}].metric", fix="use one of the metrics it returns")
+                continue
             if obj.metric not in metrics:
                 raise KeyError(f"objective '{obj.name}': evaluator returned no metric '{obj.metric}' "
                                f"(it returned {sorted(metrics)})")

@@ -1,0 +1,164 @@
+"""``search export RUN_DIR --pick N|best|soup|pareto|ITEM``: selected models as ready Hugging Face folders.
+
+Each pick becomes ``OUT/<item id>/`` (safetensors shards, config, tokenizer, a model card with parents, method,
+coefficients, search and held-out scores, and the mergekit recipe as ``mergekit_config.yml``) and, beside it,
+``OUT/<item id>.mergekit.yaml``, the same recipe for mergekit. The weights are computed exactly as selection
+scored them (:mod:`search.selection.mixture`), from ``selection.json`` and the parents alone: nothing is
+re-scored.
+
+>>> export_run(Path("results/demo"), "best")          # doctest: +SKIP
+[PosixPath('results/demo/export/greedy-soup')]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from search.errors import UserError
+from search.export.mergekit_yaml import ExportRecipe, mixture_recipe
+from search.merging.spec import MergeSpec
+from search.selection.mixture import mixed_tensors
+from search.selection.record import Item, Part, Selection, read_selection, ref_label, trial_ref
+from search.weights.writer import ModelFolderWriter, check_destination
+
+EXPORT_DIR = "export"
+PICKS = "a trial number, best, soup, pareto, or an item id from selection.json (e.g. interp-3-7-a0.50)"
+
+
+def pick_items(selection: Selection, pick: str, run_dir: Path) -> tuple[list[Item], dict[str, MergeSpec]]:
+    """The items ``pick`` names, and the specs they need (a trial outside the selection is read from the study)."""
+    specs = dict(selection.specs)
+    if pick == "best":
+        return [selection.winner_item], specs
+    if pick == "soup":
+        soups = [it for it in selection.items if it.kind == "greedy_soup"]
+        if not soups:
+            raise UserError("this selection has no greedy soup (the study had a single candidate)", field="--pick",
+                            fix=f"pick {PICKS}")
+        return soups, specs
+    if pick == "pareto":
+        return [it for it in selection.items if it.frontier], specs
+    if pick.isdigit():
+        found = selection.single(trial_ref(int(pick)))
+        return [found if found is not None else _trial_item(run_dir, int(pick), specs)], specs
+    try:
+        return [selection.item(pick)], specs
+    except KeyError:
+        known = ", ".join(it.id for it in selection.items[:12])
+        raise UserError(f"'{pick}' names no selected model", field="--pick",
+                        fix=f"pick {PICKS}; selected: {known}") from None
+
+
+def _trial_item(run_dir: Path, number: int, specs: dict[str, MergeSpec]) -> Item:
+    """A complete trial the selection did not keep: its search scores, no held-out ones."""
+    from optuna.trial import TrialState
+
+    from search.selection.select import load_study, weighted_value
+    from search.study.storage import load_run_space
+
+    space = load_run_space(run_dir)
+    trials = load_study(run_dir, space).get_trials(deepcopy=False)
+    trial = next((t for t in trials if t.number == number), None)
+    if trial is None or trial.state != TrialState.COMPLETE or "spec" not in trial.user_attrs:
+        raise UserError(f"trial {number} is not a complete trial of this run", field="--pick",
+                        fix="pick a complete trial (`search trials RUN_DIR` lists them) or best/soup/pareto")
+    ref = trial_ref(number)
+    specs[ref] = MergeSpec.model_validate_json(trial.user_attrs["spec"])
+    search = {o.name: float(trial.user_attrs[f"search.{o.name}"]) for o in space.objectives}
+    name = trial.user_attrs.get("baseline")
+    return Item(id=f"baseline-{name}" if name else f"trial-{number}", kind="baseline" if name else "trial",
+                label=f"#{number} {specs[ref].method}", method=specs[ref].method,
+                parts=[Part(ref=ref, coefficient=1.0)], baseline=name, search=search,
+                search_value=weighted_value(space, search))
+
+
+def export_run(run_dir: str | Path, pick: str, *, out: str | Path | None = None, overwrite: bool = False,
+               device: str = "cpu") -> list[Path]:
+    """Write the picked models under ``out`` (default ``RUN_DIR/export``); returns their folders."""
+    from search.merging.oneshot import load_layout
+    from search.selection.select import loaded_from_run
+    from search.weights.parents import Parents
+
+    run_dir = Path(run_dir)
+    selection = read_selection(run_dir)
+    items, specs = pick_items(selection, str(pick), run_dir)
+    out_root = Path(out) if out is not None else run_dir / EXPORT_DIR
+    for item in items:  # refuse before any work
+        check_destination(out_root / item.id, overwrite=overwrite, field="--out")
+    loaded = loaded_from_run(run_dir)
+    space = loaded.space
+    models = [str(loaded.models[n]) for n in space.models]
+    layout = load_layout(loaded.base_model, trust_remote_code=space.trust_remote_code)
+    parents = Parents.load(loaded.base_model, models, dtype=getattr(torch, space.dtype), device=device,
+                           allow_pickle=space.allow_pickle, trust_remote_code=space.trust_remote_code,
+                           labels=[f"models.{n}" for n in space.models], source=str(run_dir / "resolved.json"))
+    written = []
+    for item in items:
+        mixture = [(specs[p.ref], p.coefficient) for p in item.parts]
+        recipe = mixture_recipe(mixture, base=str(loaded.base_model), models=models, layout=layout,
+                                dtype=space.dtype, stage_names=[p.ref.replace(":", "_") for p in item.parts])
+        folder = out_root / item.id
+        text = recipe.yaml_text()
+        with ModelFolderWriter(folder, source=loaded.base_model, overwrite=overwrite) as writer:
+            for name, tensor in mixed_tensors(parents, mixture):
+                writer.add(name, tensor)
+            inner = "mergekit_multimerge.yml" if recipe.multistage else "mergekit_config.yml"
+            writer.finish(card=model_card(selection, item, specs, recipe, loaded, run_dir),
+                          extra_files={inner: text})
+        (out_root / f"{item.id}.mergekit.yaml").write_text(text)
+        written.append(folder)
+    return written
+
+
+def _score_table(selection: Selection, item: Item) -> str:
+    rows = ["| objective | metric | direction | search | held-out |", "|---|---|---|---|---|"]
+    for o in selection.objectives:
+        s = item.search.get(o.name)
+        h = item.heldout.get(o.name)
+        rows.append(f"| {o.name} | {o.metric} | {o.direction} | {'' if s is None else f'{s:.4f}'} | "
+                    f"{'not scored' if h is None else f'{h:.4f}'} |")
+    return "\n".join(rows)
+
+
+def model_card(selection: Selection, item: Item, specs: dict[str, MergeSpec], recipe: ExportRecipe,
+               loaded: Any, run_dir: Path) -> str:
+    """README.md: what the model is, where it came from, how it scored, how to rebuild it."""
+    space = loaded.space
+    parents = "\n".join([f"- base: `{loaded.base_model}`"] +
+                        [f"- `{n}`: `{loaded.models[n]}`" for n in space.models])
+    ends = [ref_label(r) for r in item.ends] if item.ends else ["?", "?"]
+    why = {
+        "trial": "a trial of the search" + (" on the search-split frontier" if item.frontier else ""),
+        "baseline": f"the hand-set baseline `{item.baseline}`",
+        "interpolation": f"a weight-space interpolation between the frontier points {ends[0]} and {ends[1]} at "
+                         f"alpha={item.alpha} (rewarded soups)",
+        "greedy_soup": "the greedy soup of the best candidates (added while the search score did not drop)",
+        "uniform_soup": "the uniform soup of the best candidates",
+    }[item.kind]
+    winner = " It is the **winner** of the run (best held-out score)." if item.id == selection.winner else ""
+    ingredients = []
+    for p in item.parts:
+        spec = specs[p.ref]
+        body = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
+        ingredients.append(f"### {ref_label(p.ref)} × {p.coefficient:g}\n\n```yaml\n{body}```")
+    heldout_note = ("" if item.heldout else "\nThis model was not among the selected ones, so it was not scored on "
+                    "held-out data.\n")
+    notes = "\n".join(f"- {n}" for n in recipe.notes) or "- mergekit reproduces these weights."
+    command = ("mergekit-multimerge {id}.mergekit.yaml --intermediate-dir stages --out-path {id}-mergekit"
+               if recipe.multistage else "mergekit-yaml {id}.mergekit.yaml {id}-mergekit").format(id=item.id)
+    weights = " + ".join(f"{p.coefficient:g} × merge({ref_label(p.ref)})" for p in item.parts)
+    return (
+        "---\nlibrary_name: transformers\ntags: [merge, merge-search]\n---\n"
+        f"# {item.label}\n\n"
+        f"Made by merge-search from the run `{run_dir}`: {why}.{winner}\n\n"
+        f"- kind: `{item.kind}`\n- method: `{item.method}`\n- weights: {weights}\n\n"
+        f"## Parents\n\n{parents}\n\n"
+        f"## Scores\n\n{_score_table(selection, item)}\n{heldout_note}\n"
+        f"Search-split scores are what the search optimised; held-out scores are on documents it never saw.\n\n"
+        f"## Coefficients\n\n" + "\n\n".join(ingredients) + "\n\n"
+        f"## Rebuild with mergekit\n\n```sh\n{command}\n```\n\n{notes}\n"
+    )

@@ -1,0 +1,317 @@
+"""``search select RUN_DIR``: from a finished (or interrupted) study to a few models scored on held-out data.
+
+Works from the run folder alone (the study storage and ``resolved.json``), so it can be re-run at any time:
+
+1. the frontier of the complete candidates (trials and hand-set baselines) on the search split: the Pareto front
+   with several objectives (at most ``max_front`` points, ends and the best weighted sum kept), the ``top_k``
+   best with one;
+2. rewarded-soup interpolations between neighbouring frontier points and between the two ends;
+3. the greedy soup and the uniform soup of the ``soup_size`` best candidates;
+4. every item above and every baseline scored on the held-out split; the winner is the best weighted sum of
+   held-out scores (baselines included: if one wins, the report says so).
+
+The result is ``RUN_DIR/selection.json`` (:mod:`search.selection.record`) and the report (``report.html``,
+``report.md``).
+
+>>> selection = select_run(Path("results/demo"))        # doctest: +SKIP
+>>> selection.winner_item.label                          # doctest: +SKIP
+'greedy soup of 3 (#12, #7, #30)'
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from search.config.space import LoadedSpace, Space
+from search.errors import UserError
+from search.merging.spec import MergeSpec
+from search.selection.interpolate import check_alphas, interpolation_parts
+from search.selection.pareto import neighbour_pairs, order_front, pareto_front, thin, top_k
+from search.selection.record import (
+    Item,
+    ObjectiveInfo,
+    Options,
+    Part,
+    RunFacts,
+    Selection,
+    SoupStep,
+    ref_label,
+    trial_ref,
+    write_selection,
+)
+from search.selection.rescore import Scorer
+from search.selection.soups import greedy_soup, uniform
+
+
+def value_direction(space: Space) -> str:
+    """Direction of the weighted sum: the objectives' common direction, else maximize (minimised ones negated)."""
+    dirs = {o.direction for o in space.objectives}
+    return dirs.pop() if len(dirs) == 1 else "maximize"
+
+
+def weighted_value(space: Space, scores: dict[str, float]) -> float:
+    """The study's scalarised view of a score dict (see ``search.study.loop.scalarize``)."""
+    from search.study.loop import scalarize
+
+    return scalarize(space, scores)
+
+
+def loaded_from_run(run_dir: Path) -> LoadedSpace:
+    """The space of a run as it was resolved at start (absolute parent paths), from ``resolved.json``."""
+    from search.study.storage import read_resolved
+
+    resolved = read_resolved(run_dir)
+    space = Space.model_validate(resolved["space"])
+    return LoadedSpace(space=space, file=Path(resolved["space_file"]), base_model=Path(space.base_model),
+                       models={n: Path(p) for n, p in space.models.items()}, output=Path(run_dir))
+
+
+def load_study(run_dir: Path, space: Space) -> Any:
+    """The run's study (read as it is; a run in progress in another process keeps running)."""
+    import optuna
+
+    from search.study.storage import STUDY_NAME, open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=STUDY_NAME, storage=open_storage(Path(run_dir), space))
+    except KeyError:
+        raise UserError(f"'{run_dir}' holds no study yet", field="RUN_DIR",
+                        fix="start the run with `search start SPACE.yaml` first") from None
+
+
+def run_facts(space: Space, study: Any) -> RunFacts:
+    """Trials done, pruned, failed (with reasons), baselines, wall time and speed, as `search status` counts."""
+    from search.study.progress import status_of
+
+    status = status_of(space, study)
+    trials = study.get_trials(deepcopy=False)
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    wall = (max(ends) - min(starts)).total_seconds() if starts and ends else None
+    return RunFacts(done=status.done, budget=status.budget, complete=status.complete, pruned=status.pruned,
+                    failed=status.failed, running=status.running, baselines=status.baselines,
+                    failures=[(n, r) for n, r in status.failures], wall_seconds=wall,
+                    trials_per_hour=status.done / (wall / 3600) if wall else None,
+                    first_start=min(starts).isoformat() if starts else None,
+                    last_complete=max(ends).isoformat() if ends else None)
+
+
+class Candidates:
+    """Every complete candidate with a spec and every search score, by ref; one per distinct spec (the first).
+
+    Trials (sampled or baseline) are ``trial:N``; baselines the study keeps outside its trials ``baseline:NAME``.
+    """
+
+    def __init__(self, space: Space, study: Any) -> None:
+        from optuna.trial import TrialState
+
+        from search.study.baselines import recorded_baselines
+
+        names = [o.name for o in space.objectives]
+        self.specs: dict[str, MergeSpec] = {}
+        self.search: dict[str, dict[str, float]] = {}
+        self.baseline: dict[str, str] = {}
+        seen: set[str] = set()
+
+        def add(ref: str, spec: str, search: dict[str, Any], baseline: str | None) -> None:
+            if spec in seen or any(n not in search for n in names):
+                return
+            seen.add(spec)
+            self.specs[ref] = MergeSpec.model_validate_json(spec)
+            self.search[ref] = {n: float(search[n]) for n in names}
+            if baseline:
+                self.baseline[ref] = baseline
+
+        for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
+            if "spec" in t.user_attrs:
+                add(trial_ref(t.number), t.user_attrs["spec"],
+                    {n: t.user_attrs[f"search.{n}"] for n in names if f"search.{n}" in t.user_attrs},
+                    t.user_attrs.get("baseline"))
+        for b in recorded_baselines(study):
+            if b.trial is None and b.state == "COMPLETE" and b.spec:
+                add(f"baseline:{b.name}", b.spec, b.search, b.name)
+        self.value = {r: weighted_value(space, s) for r, s in self.search.items()}
+        self.refs = list(self.specs)
+
+    def ranked(self, maximize: bool) -> list[str]:
+        values = [self.value[r] for r in self.refs]
+        return [self.refs[i] for i in top_k(values, len(values), maximize=maximize)]
+
+
+def frontier(space: Space, cands: Candidates, options: Options) -> list[str]:
+    """Frontier refs: ordered along the Pareto front (several objectives) or best first (one objective)."""
+    ranked = cands.ranked(value_direction(space) == "maximize")
+    if len(space.objectives) == 1:
+        return ranked[:options.top_k]
+    points = [[cands.search[r][o.name] for o in space.objectives] for r in cands.refs]
+    on_front = pareto_front(points, maximize=[o.direction == "maximize" for o in space.objectives])
+    ordered = [cands.refs[i] for i in order_front(points, on_front)]
+    # the best weighted sum lies on the front when every weight is positive; keep it even when it does not
+    if ranked[0] not in ordered:
+        ordered.append(ranked[0])
+    return thin(ordered, options.max_front, must_keep=[ranked[0]])
+
+
+def _method(specs: list[MergeSpec]) -> str:
+    methods = sorted({s.method for s in specs})
+    return methods[0] if len(specs) == 1 else "mixture of " + "+".join(methods)
+
+
+def select_run(run_dir: str | Path, *, progress: bool = True, options: Options | None = None,
+               worker: Any = None, report: bool = True) -> Selection:
+    """Select, interpolate, soup and re-score on held-out; write ``selection.json`` (and the report)."""
+    from search.study.trial import CandidateFailure, Worker, WorkerConfig, describe_failure
+
+    t_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    options = options or Options()
+    alphas = check_alphas(options.alphas)
+    loaded = loaded_from_run(run_dir)
+    space = loaded.space
+    study = load_study(run_dir, space)
+    cands = Candidates(space, study)
+    if not cands.refs:
+        raise UserError(f"the study in '{run_dir}' has no complete trial to select from", field="RUN_DIR",
+                        fix="let the run finish some trials (`search status` shows them), then select again")
+    direction = value_direction(space)
+    maximize = direction == "maximize"
+    front = frontier(space, cands, options)
+    baselines = [r for r in cands.refs if r in cands.baseline]
+    pairs = neighbour_pairs(front)
+    pool = cands.ranked(maximize)[:options.soup_size]
+    planned = len(set(front) | set(baselines)) + 2 * len(pairs) * len(alphas) + 2 * max(0, len(pool) - 1) + 3
+
+    seconds: dict[str, float] = {}
+    items: list[Item] = []
+    log: list[SoupStep] = []
+    with _Bar(progress, planned) as bar:
+        t0 = time.perf_counter()
+        if worker is None:
+            worker = Worker(WorkerConfig.from_space(loaded))
+        seconds["load"] = time.perf_counter() - t0
+        scorer = Scorer(worker, cands.specs, on_score=bar.advance)
+
+        def scored(item: Item, *, search: bool) -> Item:
+            parts = [(p.ref, p.coefficient) for p in item.parts]
+            try:
+                if search:
+                    item.search = scorer.search(parts)
+                    item.search_value = weighted_value(space, item.search)
+                item.heldout = scorer.heldout(parts)
+                item.heldout_value = weighted_value(space, item.heldout)
+            except CandidateFailure as exc:
+                item.error = describe_failure(exc)
+            return item
+
+        t0 = time.perf_counter()
+        for ref in front + [b for b in baselines if b not in front]:
+            name = cands.baseline.get(ref)
+            spec = cands.specs[ref]
+            items.append(scored(Item(
+                id=f"baseline-{name}" if name else f"trial-{ref_label(ref)[1:]}", kind="baseline" if name else "trial",
+                label=f"baseline {name}" if name else f"{ref_label(ref)} {spec.method}", method=spec.method,
+                parts=[Part(ref=ref, coefficient=1.0)], frontier=ref in front, baseline=name,
+                search=cands.search[ref], search_value=cands.value[ref]), search=False))
+        seconds["frontier_and_baselines"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        for a, b in pairs:
+            for alpha in alphas:
+                parts = interpolation_parts(a, b, alpha)
+                items.append(scored(Item(
+                    id=f"interp-{_short(a)}-{_short(b)}-a{alpha:.2f}", kind="interpolation",
+                    label=f"{ref_label(a)} → {ref_label(b)} at α={alpha:g}",
+                    method=_method([cands.specs[a], cands.specs[b]]),
+                    parts=[Part(ref=r, coefficient=c) for r, c in parts], alpha=alpha, ends=(a, b)), search=True))
+        seconds["interpolation"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        if len(pool) > 1:
+            def soup_value(refs: list[str]) -> float:
+                try:
+                    return weighted_value(space, scorer.search(uniform(refs)))
+                except CandidateFailure:
+                    return float("-inf") if maximize else float("inf")
+
+            soup, _, steps = greedy_soup(pool, cands.value[pool[0]], soup_value, maximize=maximize)
+            log = [SoupStep(ref=s.ref, score=s.score, accepted=s.accepted) for s in steps]
+            for kind, refs in (("greedy_soup", soup), ("uniform_soup", pool)):
+                listed = ", ".join(ref_label(r) for r in refs)
+                name = kind.replace("_", " ")
+                item = Item(id=kind.replace("_", "-"), kind=kind, label=f"{name} of {len(refs)} ({listed})",  # type: ignore[arg-type]
+                            method=_method([cands.specs[r] for r in refs]),
+                            parts=[Part(ref=r, coefficient=c) for r, c in uniform(refs)])
+                if len(refs) == 1:  # the soup is its one ingredient: its search score is the candidate's
+                    item.search, item.search_value = cands.search[refs[0]], cands.value[refs[0]]
+                items.append(scored(item, search=len(refs) > 1))
+        seconds["soups"] = time.perf_counter() - t0
+
+    ok = [it for it in items if it.heldout_value is not None]
+    if not ok:
+        raise UserError("no selected candidate could be scored on held-out data: "
+                        + "; ".join(f"{it.id}: {it.error}" for it in items[:3]), field="objectives",
+                        fix="check the evaluators' held-out data")
+
+    def best(group: list[Item]) -> str | None:
+        if not group:
+            return None
+        sign = 1.0 if maximize else -1.0
+        return max(group, key=lambda it: (sign * it.heldout_value, it.kind != "baseline",  # type: ignore[operator]
+                                          sign * (it.search_value or 0.0))).id
+
+    used = sorted({p.ref for it in items for p in it.parts})
+    selection = Selection(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), run_dir=str(run_dir.resolve()),
+        mode=space.mode, value_direction=direction,  # type: ignore[arg-type]
+        objectives=[ObjectiveInfo(name=o.name, metric=o.metric, direction=o.direction, weight=o.weight)
+                    for o in space.objectives],
+        options=options, specs={r: cands.specs[r] for r in used}, items=items, frontier=front, greedy_log=log,
+        winner=best(ok) or "", best_searched=best([it for it in ok if it.kind != "baseline"]),
+        best_baseline=best([it for it in ok if it.kind == "baseline"]), facts=run_facts(space, study),
+        seconds={**seconds, "total": time.perf_counter() - t_start},
+    )
+    write_selection(run_dir, selection)
+    if report:
+        from search.report.render import render_report
+
+        render_report(run_dir, selection=selection, study=study, space=space,
+                      layout=getattr(getattr(worker, "parents", None), "layout", None))
+    return selection
+
+
+def _short(ref: str) -> str:
+    """A ref as it reads in an item id: the trial number, or the baseline's name."""
+    kind, _, name = ref.partition(":")
+    return name if kind == "trial" else f"baseline_{name}"
+
+
+class _Bar:
+    """A rich progress bar over the planned evaluations (or nothing)."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled = enabled
+        self.total = total
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Bar:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("[bold]selecting"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task("select", total=self.total)
+        return self
+
+    def advance(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()

@@ -1,0 +1,180 @@
+"""Selection through real parts: a real study on tiny models, real evaluators, the held-out split re-scored."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from optuna.trial import TrialState
+from selection_world import finished_run, one_thread, selected_run
+
+from search.cli import main
+from search.errors import UserError
+from search.selection.pareto import dominates, neighbour_pairs, pareto_front, thin, top_k
+from search.selection.record import Options, read_selection
+from search.selection.select import select_run
+from search.selection.soups import greedy_soup
+from search.study.baselines import recorded_baselines
+from search.study.storage import STUDY_NAME, open_storage
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+points = st.lists(st.lists(st.integers(0, 6), min_size=2, max_size=2), min_size=1, max_size=25)
+
+
+@given(points, st.lists(st.booleans(), min_size=2, max_size=2))
+def test_front_is_exactly_the_undominated_points(pts: list[list[int]], maximize: list[bool]) -> None:
+    front = set(pareto_front(pts, maximize=maximize))
+    for i, p in enumerate(pts):
+        dominated = any(dominates(q, p, maximize=maximize) for q in pts)
+        assert (i in front) == (not dominated)
+    # every point off the front is dominated by a point on it
+    for i, p in enumerate(pts):
+        if i not in front:
+            assert any(dominates(pts[j], p, maximize=maximize) for j in front)
+
+
+@given(st.lists(st.floats(-5, 5), min_size=1, max_size=12), st.data())
+@settings(max_examples=60)
+def test_greedy_soup_never_scores_below_its_best_ingredient(values: list[float], data: st.DataObject) -> None:
+    # any soup score the caller reports: the greedy soup only moves when it does not drop
+    soup_scores = data.draw(st.lists(st.floats(-10, 10), min_size=len(values), max_size=len(values)))
+    ranked = [str(i) for i in top_k(values, len(values), maximize=True)]
+    calls = iter(soup_scores)
+    _, score, log = greedy_soup(ranked, values[int(ranked[0])], lambda ids: next(calls), maximize=True)
+    assert score >= values[int(ranked[0])] == max(values)
+    assert score == max([values[int(ranked[0])]] + [s.score for s in log if s.accepted])
+
+
+def test_thin_and_pairs() -> None:
+    assert thin(list(range(20)), 5, must_keep=[7])[0] == 0 and thin(list(range(20)), 5)[-1] == 19
+    assert len(thin(list(range(20)), 5, must_keep=[7])) == 5 and 7 in thin(list(range(20)), 5, must_keep=[7])
+    assert neighbour_pairs([1, 2]) == [(1, 2)]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, family: tuple[Path, list[Path]]) -> Path:
+    return selected_run(tmp_path_factory.mktemp("sel"), family)
+
+
+def _search_scores(run_dir: Path, names: list[str]) -> dict[str, list[float]]:
+    """ref -> search scores of every complete candidate: trials, and baselines kept outside the trials."""
+    study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir))
+    out = {f"trial:{t.number}": [t.user_attrs[f"search.{n}"] for n in names]
+           for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE}
+    out.update({f"baseline:{b.name}": [b.search[n] for n in names]
+                for b in recorded_baselines(study) if b.trial is None and b.state == "COMPLETE"})
+    return out
+
+
+def _baseline_names(run_dir: Path) -> set[str]:
+    study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir))
+    return {b.name for b in recorded_baselines(study) if b.state == "COMPLETE"}
+
+
+def test_frontier_point_is_never_dominated_on_the_search_split(run: Path) -> None:
+    selection = read_selection(run)
+    names = [o.name for o in selection.objectives]
+    maximize = [o.direction == "maximize" for o in selection.objectives]
+    scores = _search_scores(run, names)
+    assert len(selection.frontier) >= 2
+    for ref in selection.frontier:
+        for other, theirs in scores.items():
+            assert not dominates(theirs, scores[ref], maximize=maximize), f"{other} dominates {ref}"
+    # and the frontier holds every undominated trial up to max_front (the tiny study's front is small)
+    undominated = {n for n, s in scores.items() if not any(dominates(o, s, maximize=maximize)
+                                                            for o in scores.values())}
+    distinct = {json.dumps(s) for n, s in scores.items() if n in undominated}
+    assert len(selection.frontier) == min(len(distinct), selection.options.max_front)
+
+
+def test_selection_items_are_scored_on_both_splits(run: Path) -> None:
+    selection = read_selection(run)
+    kinds = {it.kind for it in selection.items}
+    assert {"trial", "baseline", "interpolation", "greedy_soup", "uniform_soup"} <= kinds
+    names = [o.name for o in selection.objectives]
+    scores = _search_scores(run, names)
+    assert {it.baseline for it in selection.items if it.kind == "baseline"} == _baseline_names(run)
+    for it in selection.items:
+        assert it.error is None
+        assert set(it.heldout) == set(it.search) == set(names), it.id
+        assert abs(sum(p.coefficient for p in it.parts) - 1.0) < 1e-12
+        if it.kind in ("trial", "baseline"):  # search scores are the study's own
+            assert [it.search[n] for n in names] == scores[it.refs[0]]
+    # the held-out split is other data: the scores differ from the search split's
+    assert all(it.heldout != it.search for it in selection.items)
+    # interpolations: every neighbouring pair and the two ends, at every alpha
+    pairs = neighbour_pairs(selection.frontier)
+    got = {(tuple(it.ends), it.alpha) for it in selection.items if it.kind == "interpolation"}
+    assert got == {(p, a) for p in pairs for a in selection.options.alphas}
+
+
+def test_winner_is_the_best_on_heldout_and_soup_beats_its_best_ingredient(run: Path) -> None:
+    selection = read_selection(run)
+    assert selection.value_direction == "minimize"  # two perplexities
+    best = min(selection.items, key=lambda it: it.heldout_value)
+    assert selection.winner_item.heldout_value == best.heldout_value
+    assert selection.item(selection.best_baseline).kind == "baseline"
+    soup = selection.item("greedy-soup")
+    # the soup starts from the best candidate on the search split, and never scores worse than it there
+    best_single = min(it.search_value for it in selection.items if it.kind in ("trial", "baseline"))
+    assert selection.single(soup.refs[0]).search_value == best_single
+    assert soup.search_value <= best_single
+    assert [s.ref for s in selection.greedy_log if s.accepted] == soup.refs
+
+
+def test_select_works_on_an_interrupted_run(run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("report*", "selection.json", "export"))
+    study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(copy))
+    study.ask()  # a trial left RUNNING, as a killed driver leaves it
+    selection = select_run(copy, progress=False, report=False,
+                           options=Options(alphas=[0.5], max_front=3, soup_size=3))
+    assert selection.facts.running == 1 and selection.facts.done == 10
+    assert len(selection.frontier) == 3
+    assert {it.alpha for it in selection.items if it.kind == "interpolation"} == {0.5}
+    assert (copy / "selection.json").exists() and not (copy / "report.html").exists()
+
+
+def test_one_objective_keeps_the_top_k(tmp_path: Path, family: tuple[Path, list[Path]]) -> None:
+    objective = {"name": "abc", "evaluator": {"type": "perplexity", "data": "abc.jsonl", "max_length": 64},
+                 "metric": "perplexity", "direction": "minimize"}
+    run_dir = finished_run(tmp_path, family, key=f"single-{tmp_path}", objectives=[objective],
+                           sampler={"name": "tpe"}, budget={"trials": 6}, baselines=False)
+    selection = select_run(run_dir, progress=False, report=False, options=Options(top_k=3, alphas=[0.5]))
+    values = sorted(v[0] for v in _search_scores(run_dir, ["abc"]).values())
+    assert [selection.single(r).search["abc"] for r in selection.frontier] == values[:3]
+    assert len([it for it in selection.items if it.kind == "interpolation"]) == 3  # 2 neighbours + the ends
+
+
+def test_select_refuses_what_it_cannot_use(tmp_path: Path, family: tuple[Path, list[Path]],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from selection_world import write_space
+
+    from search.config.space import load_space
+    from search.study.loop import create_study
+    from search.study.storage import prepare_run_dir
+
+    with pytest.raises(SystemExit) as exc:
+        main(["select", str(tmp_path)])
+    assert exc.value.code == 2 and "not a run folder" in capsys.readouterr().err
+    loaded = load_space(write_space(tmp_path, family[0], family[1]))
+    run_dir, _ = prepare_run_dir(loaded)
+    create_study(run_dir, loaded.space)  # a run that has not finished a trial yet
+    with pytest.raises(UserError, match="no complete trial"):
+        select_run(run_dir, progress=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["select", str(run_dir), "--alphas", "0.5,1.0"])
+    assert exc.value.code == 2 and "--alphas" in capsys.readouterr().err
+    assert not (run_dir / "selection.json").exists()
