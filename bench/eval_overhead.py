@@ -209,6 +209,9 @@ def main() -> None:
     parser.add_argument("--task", action="append", default=None, help="only these tasks (repeatable)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # one warning per generate call otherwise, on some models
     tmp = tempfile.TemporaryDirectory()
     world = None if args.tiny else demo_world(args.model)
     if world is None:

@@ -158,7 +158,11 @@ def main() -> None:
     ap.add_argument("--mergekit-methods", default="task_arithmetic,ties",
                     help="methods also merged by mergekit from disk ('' to skip)")
     ap.add_argument("--work", type=Path, default=None, help="where to write the generated models")
+    ap.add_argument("--generate-into", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.generate_into is not None:  # child process: keeps generation out of the parent's peak memory
+        write_models(args.generate_into, llama_config(args.layers, args.hidden, args.intermediate, args.vocab), 3)
+        return
 
     cfg = llama_config(args.layers, args.hidden, args.intermediate, args.vocab)
     n_params = sum(torch.Size(s).numel() for s in tensor_shapes(cfg).values())
@@ -166,7 +170,10 @@ def main() -> None:
     print(f"model: Llama shape, {args.layers} layers, hidden {args.hidden}: {n_params / 1e9:.3f} B parameters, "
           f"fp32, 3 fine-tunes; torch threads {torch.get_num_threads()}")
     t0 = time.perf_counter()
-    base, fts = write_models(work, cfg, 3)
+    subprocess.run([sys.executable, __file__, "--generate-into", str(work), "--layers", str(args.layers),
+                    "--hidden", str(args.hidden), "--intermediate", str(args.intermediate), "--vocab", str(args.vocab)],
+                   check=True)
+    base, fts = work / "base", [work / f"ft{k}" for k in range(1, 4)]
     print(f"generated parents in {time.perf_counter() - t0:.1f} s under {work}")
 
     bw = copy_bandwidth()

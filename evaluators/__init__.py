@@ -4,7 +4,7 @@ The face of the package. Importing it is light (pydantic only): lm-eval and torc
 a kind that needs them is built or called.
 
 >>> from evaluators import build_evaluator, slice_size
->>> ev = build_evaluator({"type": "lm_eval", "task": "demo_math", "include_path": "evaluators/tasks"})  # doctest: +SKIP
+>>> ev = build_evaluator({"type": "lm_eval", "task": "demo_add", "include_path": "evaluators/tasks"})  # doctest: +SKIP
 >>> k = slice_size(ev.num_docs("search"), 0.1)                                                          # doctest: +SKIP
 >>> ev.score(model, tokenizer, "search", limit=k)                                                       # doctest: +SKIP
 """

@@ -15,9 +15,10 @@ What lm-eval 0.4.13 does with its two selectors, and why we use ``samples``:
   sorted to be labelled right. An EMPTY list (or a task missing from the dict) means ALL documents. Membership
   is tested with ``in`` for every document of the split (O(n*k) for a plain list).
 
-So each call takes the first ``k`` of our fixed hash order over all documents of all tasks of the split, groups
-them by task, passes each task's ids sorted (as a list whose ``in`` is a set lookup), and leaves tasks with no
-chosen document out of the task dict. Not used, on purpose: ``use_cache`` (keyed on the request alone, so after a
+So each call takes the first ``k`` of our fixed order (each task's documents in content-hash order, the tasks
+interleaved in proportion to their sizes: a stratified sample), groups them by task, passes each task's ids
+sorted (as a list whose ``in`` is a set lookup), and leaves tasks with no chosen document out of the task dict.
+Not used, on purpose: ``use_cache`` (keyed on the request alone, so after a
 weight swap it returns the old model's answers), ``cache_requests`` (its key ignores ``samples``: wrong prompts),
 ``simple_evaluate`` (a ``pip list`` subprocess, ~0.8 s, per call).
 """
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from evaluators.protocol import SPLIT_NAMES, SplitName, check_device, check_split, resolve_limit
 from evaluators.registry import LmEvalSpec, SpecContext
-from evaluators.splits import assign_split, fingerprint, first, fixed_order
+from evaluators.splits import assign_split, fingerprint, first, fixed_order, interleave
 
 if TYPE_CHECKING:
     from lm_eval.api.task import Task
@@ -63,13 +64,18 @@ class _ListedDocs:
     Arrow dataset each row is decoded anew (~28 us): 1.2 s per call for a 20k-document split, whatever the
     slice. A list (a doc type lm-eval takes, as Python tasks return) makes that walk ~1 ms. This goes through
     the task's public config (``process_docs``), after the task has been built; lm-eval's own ``process_docs``,
-    if the task has one, is applied first, once.
+    if the task has one, is applied first, once. Positions in this list are what ``samples`` ids refer to; our
+    splits and orders hash the documents' content, so the list's order is free to choose.
     """
 
     def __init__(self, task: Task) -> None:
         self._original = task.config.process_docs
         self._source = task.dataset[_eval_split(task)]
         self._docs = list(self._original(self._source) if self._original else self._source)
+        if task.get_config("output_type") == "loglikelihood_rolling":
+            # lm-eval batches rolling windows in document order (other request types it sorts by length
+            # itself): longest first, a batch pads little. On the demo text this cut padded tokens by 1.5x.
+            self._docs.sort(key=lambda doc: -len(str(task.doc_to_target(doc))))
 
     def __call__(self, dataset: Any) -> Any:
         if dataset is self._source:
@@ -80,9 +86,9 @@ class _ListedDocs:
 class LmEvalEvaluator:
     """lm-eval tasks on our ``search`` / ``heldout`` splits; see the module docstring for how slices are chosen.
 
-    >>> ev = build_evaluator({"type": "lm_eval", "task": "demo_math", "include_path": "tasks"})  # doctest: +SKIP
+    >>> ev = build_evaluator({"type": "lm_eval", "task": "demo_add", "include_path": "tasks"})  # doctest: +SKIP
     >>> ev.score(model, tokenizer, "search", limit=8)                                        # doctest: +SKIP
-    {'exact_match': 0.25, 'demo_math/exact_match': 0.25}
+    {'exact_match': 0.25, 'demo_add/exact_match': 0.25}
     """
 
     def __init__(self, spec: LmEvalSpec, *, device: str, ctx: SpecContext) -> None:
@@ -96,24 +102,34 @@ class LmEvalEvaluator:
         self._tasks: dict[SplitName, dict[str, Task]] = {s: {} for s in SPLIT_NAMES}
         # our split -> the fixed order of (task name, document position in the task's evaluation docs)
         self._order: dict[SplitName, list[tuple[str, int]]] = {}
-        members: dict[SplitName, list[tuple[str, int, str]]] = {s: [] for s in SPLIT_NAMES}
+        # our split -> the metric names every task of the evaluator reports (the slice-independent headline)
+        self._shared_metrics: dict[SplitName, set[str]] = {}
+        self._plans: dict[str, dict[SplitName, tuple[str, bool]]] = {}
         for task_name, task in base.items():
-            plan = self._split_plan(task_name, task)
-            for split, (task_split, partition) in plan.items():
+            plan = self._plans[task_name] = self._split_plan(task_name, task)
+            for split, (task_split, _) in plan.items():
                 obj = task if task_split == _eval_split(task) else self._load_with_split(
                     manager, task_name, task_split)
                 self._configure(obj)
                 self._tasks[split][task_name] = obj
+        for split in SPLIT_NAMES:
+            per_task: dict[str, list[int]] = {}
+            for task_name, obj in self._tasks[split].items():
+                partition = self._plans[task_name][split][1]
+                positions, fps = [], []
                 for i, doc in enumerate(obj.eval_docs):
                     fp = fingerprint(doc)
                     if not partition or assign_split(fp, spec.heldout_fraction) == split:
-                        members[split].append((task_name, i, fp))
-        for split in SPLIT_NAMES:
-            if not members[split]:
+                        positions.append(i)
+                        fps.append(fp)
+                if positions:
+                    per_task[task_name] = [positions[j] for j in fixed_order(fps)]
+            if not per_task:
                 raise ctx.error("heldout_fraction", f"the {split!r} split has no documents",
                                 "add documents, or change heldout_fraction / split_map")
-            keys = [f"{t}\n{fp}" for t, _, fp in members[split]]
-            self._order[split] = [members[split][j][:2] for j in fixed_order(keys)]
+            # each task in its own content-hash order, the tasks mixed in proportion (a stratified sample)
+            self._order[split] = interleave(per_task)
+            self._shared_metrics[split] = set.intersection(*(_metric_names(t) for t in self._tasks[split].values()))
         self._check_metric()
         self._check_gen_kwargs()
         self._lm: Any = None
@@ -147,7 +163,8 @@ class LmEvalEvaluator:
             log_samples=False,
         )
         assert results is not None  # rank 0 of a single process always gets results
-        return self._metrics(results["results"], {name: len(ids) for name, ids in chosen.items()})
+        return self._metrics(results["results"], {name: len(ids) for name, ids in chosen.items()},
+                             self._shared_metrics[split])
 
     def tasks(self, split: SplitName) -> dict[str, Task]:
         """The lm-eval task objects scored on ``split`` (after a call, ``task.instances`` are its requests)."""
@@ -254,18 +271,38 @@ class LmEvalEvaluator:
         if self._lm_for is None or self._lm_for[0] is not model or self._lm_for[1] is not tokenizer:
             from lm_eval.models.huggingface import HFLM
 
+            self._check_generation_config(model)
             self._lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.spec.batch_size,
                             max_length=self.spec.max_length, device=self.device)
             self._lm_for = (model, tokenizer)
         model.eval()
         return self._lm
 
-    def _metrics(self, results: dict[str, dict[str, Any]], counts: dict[str, int]) -> dict[str, float]:
-        """``task/metric`` for every task scored, and ``metric`` averaged over the documents of all of them.
+    def _check_generation_config(self, model: Any) -> None:
+        """lm-eval bounds generation with ``max_length`` (prompt + ``max_gen_toks``); a ``max_new_tokens`` in the
+        model's generation_config.json takes precedence in transformers, so the task's limit would be ignored."""
+        config_max = getattr(getattr(model, "generation_config", None), "max_new_tokens", None)
+        if config_max is None:
+            return
+        for name, task in self._tasks["search"].items():
+            if task.get_config("output_type") != "generate_until":
+                continue
+            wanted = (task.get_config("generation_kwargs") or {}).get("max_gen_toks", 256)
+            if wanted != config_max:
+                raise self._ctx.error(
+                    "gen_kwargs", f"task {name!r} generates at most {wanted} tokens, but the model's "
+                    f"generation_config.json sets max_new_tokens={config_max}, which transformers obeys instead",
+                    f"remove max_new_tokens from the model's generation_config.json, or set gen_kwargs "
+                    f"max_gen_toks: {config_max}")
 
-        The average weights each task by its number of scored documents: the slice is a uniform sample of
-        all documents, so this is the same quantity on every slice (an unweighted mean of tasks would let a
-        task with one document in a small slice count as much as one with fifty).
+    def _metrics(self, results: dict[str, dict[str, Any]], counts: dict[str, int],
+                 shared: set[str]) -> dict[str, float]:
+        """``task/metric`` for every task in the slice, and ``metric`` (for each metric all tasks of the
+        evaluator report) averaged over the documents of the slice.
+
+        The average weights each task by its number of scored documents: slices are stratified by task, so
+        this is the same quantity on every slice, the whole split's micro-average (an unweighted mean of tasks
+        would let a task with one document in a small slice count as much as one with fifty).
         """
         per_task: dict[str, dict[str, float]] = {}
         for task_name in counts:
@@ -283,9 +320,8 @@ class LmEvalEvaluator:
                     continue  # lm-eval reports e.g. "N/A" for metrics it could not compute
             per_task[task_name] = row
         out: dict[str, float] = {}
-        shared = set.intersection(*(set(r) for r in per_task.values())) if per_task else set()
         total = sum(counts.values())
-        for name in sorted(shared):
+        for name in sorted(shared & set.intersection(*(set(r) for r in per_task.values()))):
             out[name] = math.fsum(per_task[t][name] * counts[t] for t in per_task) / total
         for task_name, row in per_task.items():
             for name, value in row.items():

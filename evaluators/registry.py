@@ -3,7 +3,7 @@
 A space file names its evaluators as plain data; ``build_evaluator`` validates it and builds the evaluator once
 per worker. Relative paths are read from the folder of ``config_file`` (the current folder when None).
 
->>> spec = parse_evaluator_spec({"type": "lm_eval", "task": "demo_math", "include_path": "tasks/"})
+>>> spec = parse_evaluator_spec({"type": "lm_eval", "task": "demo_add", "include_path": "tasks/"})
 >>> spec.type, spec.split_map
 ('lm_eval', None)
 >>> ev = build_evaluator(spec, device="cpu")                                   # doctest: +SKIP

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from evaluators.protocol import SplitName
@@ -69,6 +69,20 @@ def hash_partition(fingerprints: Sequence[str], heldout_fraction: float) -> dict
     return {split: fixed_order(fingerprints, idx) for split, idx in members.items()}
 
 
-def first(order: Sequence[int], limit: int | None) -> list[int]:
+def interleave(orders: Mapping[str, Sequence[int]]) -> list[tuple[str, int]]:
+    """One fixed order over several groups (tasks), each kept in its own order, mixed in proportion: any
+    prefix of ``k`` entries holds ``k * n_g / N`` entries of group ``g``, give or take one.
+
+    A stratified sample: a small slice of a multi-task evaluator has every large-enough task in it, weighted as
+    in the whole split.
+
+    >>> interleave({"a": [0, 1, 2, 3], "b": [0, 1]})
+    [('a', 0), ('b', 0), ('a', 1), ('a', 2), ('b', 1), ('a', 3)]
+    """
+    keyed = [((rank + 0.5) / len(order), name, i) for name, order in orders.items() for rank, i in enumerate(order)]
+    return [(name, i) for _, name, i in sorted(keyed)]
+
+
+def first(order: Sequence[Any], limit: int | None) -> list[Any]:
     """The first ``limit`` entries of a fixed order (all when None): the documents a call scores."""
     return list(order if limit is None else order[:limit])

@@ -5,6 +5,11 @@
     search resume RUN_DIR                 resume a run from its folder
     search status RUN_DIR                 progress of a run (in progress, finished or killed)
     search trials RUN_DIR [--out F]       the trial table (printed, or written as .csv / .parquet)
+    search select RUN_DIR                 frontier, soups, held-out re-scoring, report (run by `start` too)
+    search export RUN_DIR --pick best     HF model folders + mergekit YAML of chosen models
+    search report RUN_DIR                 re-render report.html / report.md
+    search submit SPACE.yaml --address    submit a run to a Ray cluster as a Ray Job
+    search demo                           the demo search end to end on the bundled demo models
 
 Bad input exits with code 2 and a message naming the file, the field and the fix; nothing is written.
 """
@@ -63,14 +68,16 @@ def start(
     output: Path = typer.Option(None, "--output", "-o", help="run folder (default: the space's `output`)"),
     address: str = typer.Option(None, "--address", help="run on a Ray cluster: auto, or ray://HOST:PORT"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    no_select: bool = typer.Option(False, "--no-select", help="skip selection and the report at the end"),
 ) -> None:
-    """Run the search of SPACE_FILE to its budget; an existing run folder of the same space resumes."""
+    """Run the search of SPACE_FILE to its budget, then select and report; an existing run folder of the same
+    space resumes."""
     from search.config.space import load_space
 
     loaded = load_space(space_file, output=output)
     if address:
         loaded = loaded.with_ray(address)
-    _run(loaded, quiet=quiet)
+    _run(loaded, quiet=quiet, select=not no_select)
 
 
 @app.command()
@@ -91,6 +98,7 @@ def submit(
 def resume(
     run_dir: Path = typer.Argument(..., help="run folder of an earlier `search start`"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    no_select: bool = typer.Option(False, "--no-select", help="skip selection and the report at the end"),
 ) -> None:
     """Continue a run from its folder: finished trials are kept, interrupted ones retried."""
     from search.config.space import load_space
@@ -100,20 +108,37 @@ def resume(
     space_file = Path(resolved["space_file"])
     if not space_file.exists():
         space_file = run_dir / SPACE_COPY
-    _run(load_space(space_file, output=run_dir), quiet=quiet)
+    _run(load_space(space_file, output=run_dir), quiet=quiet, select=not no_select)
 
 
-def _run(loaded: object, *, quiet: bool) -> None:
+def _run(loaded: object, *, quiet: bool, select: bool = True) -> None:
     from search.study.loop import RunAborted, run_study
 
     try:
-        summary = run_study(loaded, progress=not quiet and sys.stderr.isatty())  # type: ignore[arg-type]
+        summary = run_study(loaded, progress=not quiet and sys.stderr.isatty(), select=select)  # type: ignore[arg-type]
     except RunAborted as exc:
         err.print(f"[bold red]run stopped:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     typer.echo(f"run folder {summary.run_dir}: {summary.finished} trials ({summary.complete} complete, "
                f"{summary.pruned} pruned, {summary.failed} failed) + {summary.baselines} baselines "
                f"in {summary.seconds:.0f} s")
+    if select and (summary.run_dir / "report.html").exists():
+        typer.echo(f"report: {summary.run_dir / 'report.html'} (and report.md); export a model with "
+                   f"`search export {summary.run_dir} --pick best`")
+
+
+@app.command()
+def demo(
+    output: Path = typer.Option(None, "--output", "-o", help="run folder (default: results/demo)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Run the demo search end to end on the bundled demo models (spaces/demo.yaml), offline, on CPU."""
+    from search.config.space import load_space
+
+    space_file = Path(__file__).resolve().parents[1] / "spaces" / "demo.yaml"
+    if not space_file.exists():
+        raise UserError(f"the demo space {space_file} is missing", fix="run from a checkout of merge-search")
+    _run(load_space(space_file, output=output), quiet=quiet)
 
 
 @app.command()
@@ -165,13 +190,13 @@ def _alphas(text: str) -> list[float]:
 @app.command()
 def select(
     run_dir: Path = typer.Argument(..., help="run folder (finished or interrupted)"),
-    top_k: int = typer.Option(5, "--top-k", min=1, help="frontier size with one objective"),
-    max_front: int = typer.Option(6, "--max-front", min=2, help="most Pareto points kept (evenly spaced)"),
-    alphas: str = typer.Option("0.25,0.5,0.75", "--alphas", help="interpolation points between frontier trials"),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="frontier size in weighted mode (the k best)"),
+    max_front: int = typer.Option(6, "--max-front", min=2, help="pareto mode: most front points kept"),
+    alphas: str = typer.Option("0.25,0.5,0.75", "--alphas", help="interpolation alphas, in (0, 1)"),
     soup_size: int = typer.Option(8, "--soup-size", min=1, help="best candidates the soups draw from"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
-    """Frontier, interpolations and soups re-scored on held-out data: selection.json, report.html, report.md."""
+    """Frontier, interpolations and soups scored on held-out data: selection.json, report.html, report.md."""
     from search.selection.record import Options
     from search.selection.select import select_run
 
@@ -190,11 +215,12 @@ def export(
     pick: str = typer.Option("best", "--pick", help="best, soup, pareto, a trial number, or an item id"),
     out: Path = typer.Option(None, "--out", help="folder to write into (default RUN_DIR/export)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing export folders"),
+    device: str = typer.Option("cpu", "--device", help="where to compute the weights (cpu, cuda)"),
 ) -> None:
     """Write picked models as Hugging Face folders, each with a model card and a mergekit YAML beside it."""
     from search.export.folder import export_run
 
-    for folder in export_run(run_dir, pick, out=out, overwrite=overwrite):
+    for folder in export_run(run_dir, pick, out=out, overwrite=overwrite, device=device):
         typer.echo(f"{folder}  (mergekit recipe: {folder.parent / (folder.name + '.mergekit.yaml')})")
 
 

@@ -1,4 +1,4 @@
-"""A finished study on tiny real models, for the selection, export and report tests (built once per session)."""
+"""A finished study on tiny real models for the selection, export and report tests (built once a session)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def write_space(root: Path, base: Path, fts: list[Path], **changes: Any) -> Path
 
 
 def finished_run(root: Path, family: tuple[Path, list[Path]], key: str = "pareto", **changes: Any) -> Path:
-    """Run (once per key and session) a study to its budget; returns the run folder (treat it as read-only)."""
+    """Run (once per key and session) a study to its budget; returns the run folder (read-only for tests)."""
     if key in _BUILT:
         return _BUILT[key]
     from search.config.space import load_space

@@ -242,6 +242,30 @@ def test_text_files_split_into_paragraphs(world, tmp_path):
     assert all(d.endswith("line two") for d in ev.documents("search"))
 
 
+def test_perplexity_agrees_with_lm_eval_rolling_loglikelihood(world, tmp_path):
+    """lm-eval's bits_per_byte on a rolling task == our NLL per token / ln 2: one token per ASCII byte, both
+    score every token after BOS. Covers the rolling path (documents handed to lm-eval longest first)."""
+    model, tok = world["model"], world["tokenizer"]
+    _swap(model, world["a"])
+    texts = [("ab cd " * (1 + i % 7) + f"end {i}.").strip() for i in range(40)]
+    _write_jsonl(tmp_path / "text.jsonl", [{"text": t} for t in texts])
+    (tmp_path / "t_roll.yaml").write_text(
+        f"task: t_roll\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path / 'text.jsonl'}\n"
+        "test_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: text\n"
+        "metric_list:\n  - metric: bits_per_byte\n"
+    )
+    theirs = build_evaluator({"type": "lm_eval", "task": "t_roll", "include_path": str(tmp_path), "batch_size": 4})
+    ours = build_evaluator({"type": "perplexity", "data": str(tmp_path / "text.jsonl"), "max_length": 128})
+    # Each evaluator partitions what it reads (a row here, its text there), so compare over both splits.
+    nats = bits = 0.0
+    for split in ("search", "heldout"):
+        n_ours = sum(len(d.encode()) for d in ours.documents(split))
+        n_theirs = sum(len(d["text"].encode()) for _, d in theirs.documents(split))
+        nats += ours.score(model, tok, split)["neg_log_likelihood"] * n_ours
+        bits += theirs.score(model, tok, split)["bits_per_byte"] * n_theirs
+    assert nats / math.log(2) == pytest.approx(bits, rel=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------- python
 
 
@@ -314,6 +338,20 @@ def test_bad_configs_name_the_field_and_the_fix(world, tmp_path):
         with pytest.raises(UserError) as info:
             ev.score(world["model"], world["tokenizer"], "search")
         assert "evaluator.function" in str(info.value) and words in str(info.value)
+
+
+def test_a_generation_config_that_would_override_max_gen_toks_is_refused(world):
+    model, tok = world["model"], world["tokenizer"]
+    ev = build_evaluator({"type": "lm_eval", "task": "t_gen", "include_path": str(world["tasks"])})
+    model.generation_config.max_new_tokens = MAX_GEN + 3
+    try:
+        with pytest.raises(UserError) as info:
+            ev.score(model, tok, "search", limit=2)
+        assert "evaluator.gen_kwargs" in str(info.value) and f"max_gen_toks: {MAX_GEN + 3}" in str(info.value)
+        model.generation_config.max_new_tokens = MAX_GEN  # the same limit: no conflict
+        assert "exact_match" in ev.score(model, tok, "search", limit=2)
+    finally:
+        model.generation_config.max_new_tokens = None
 
 
 @pytest.mark.slow

@@ -60,7 +60,7 @@ def test_lm_eval_on_every_demo_task_and_the_fine_tune_wins_its_own(demo):
     k = slice_size(own.num_docs("search"), 0.3)
     fine_tune = own.score(models[f"demo-{SKILL}"], tok, "search", limit=k)["exact_match,strip"]
     base = own.score(models["demo-base"], tok, "search", limit=k)["exact_match,strip"]
-    assert fine_tune > base + 0.2
+    assert fine_tune > base + 0.1
 
 
 def test_perplexity_agrees_with_lm_eval_rolling_loglikelihood(demo):

@@ -117,3 +117,17 @@ def test_a_tasks_own_process_docs_still_applies(tmp_path):
     ev = build_evaluator({"type": "lm_eval", "task": "t_processed", "include_path": str(tmp_path)})
     answers = [int(d["answer"]) for split in ("search", "heldout") for _, d in ev.documents(split)]
     assert sorted(answers) == list(range(1, 30, 2))
+
+
+def test_interleaved_tasks_stay_in_proportion_in_every_prefix():
+    from evaluators.splits import interleave
+
+    sizes = {"big": 60, "mid": 25, "one": 1, "small": 7}
+    order = interleave({name: list(range(n)) for name, n in sizes.items()})
+    total = sum(sizes.values())
+    assert sorted(order) == sorted((name, i) for name, n in sizes.items() for i in range(n))
+    for k in range(1, total + 1):
+        for name, n in sizes.items():
+            got = sum(1 for t, _ in order[:k] if t == name)
+            assert abs(got - k * n / total) <= 1
+            assert [i for t, i in order[:k] if t == name] == list(range(got))  # each task keeps its own order

@@ -36,7 +36,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, family: tuple[Path, list[Path]
 
 
 def rebuild_with_mergekit(recipe: Path, out: Path) -> Path:
-    """Run mergekit in-process on an exported YAML: one config, or a multimerge file (stages, then the final)."""
+    """Run mergekit in-process on an exported YAML: one config, or a multimerge file (stages, then final)."""
     from mergekit.config import MergeConfiguration
     from mergekit.merge import MergeOptions, run_merge
 
@@ -79,9 +79,10 @@ def test_export_best_loads_generates_and_scores_as_reported(run: Path, tmp_path:
     loaded = loaded_from_run(run)
     win = selection.winner_item
     for i, o in enumerate(loaded.space.objectives):
-        evaluator = build_evaluator(o.evaluator, device="cpu", config_file=loaded.file, field=f"objectives[{i}]")
-        assert evaluator.score(model, tokenizer, o.heldout_split)[o.metric] == pytest.approx(win.heldout[o.name],
-                                                                                             rel=1e-9, abs=0)
+        evaluator = build_evaluator(o.evaluator, device="cpu", config_file=loaded.file,
+                                    field=f"objectives[{i}]")
+        rescored = evaluator.score(model, tokenizer, o.heldout_split)[o.metric]
+        assert rescored == pytest.approx(win.heldout[o.name], rel=1e-9, abs=0)
     card = (folder / "README.md").read_text()
     assert f"{win.heldout['abc']:.4f}" in card and f"{win.search['xyz']:.4f}" in card
     assert str(loaded.models["a"]) in card and "winner" in card
@@ -167,10 +168,12 @@ def test_module_kinds_become_exact_name_filters(arch: str) -> None:
         assert resolve_setting(theirs, name=name, role=role, t=t) == \
             resolve_setting(setting, name=name, role=role, t=t), name
     if arch == "llama":
-        assert [c.get("filter") for c in translated] == ["embed_tokens", "lm_head", "self_attn", "mlp", "norm", None]
+        filters = [c.get("filter") for c in translated]
+        assert filters == ["embed_tokens", "lm_head", "self_attn", "mlp", "norm", None]
 
 
-def test_export_refuses_and_writes_nothing(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_refuses_and_writes_nothing(run: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["export", str(run), "--pick", "nonsense", "--out", str(tmp_path)])
     assert exc.value.code == 2 and "--pick" in capsys.readouterr().err

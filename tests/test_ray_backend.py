@@ -101,7 +101,7 @@ def test_run_through_address(ray_cluster: dict, family: tuple[Path, list[Path]],
     for key, value in LOOPBACK_ENV.items():
         monkeypatch.setenv(key, value)
     space = write_space(tmp_path, family)
-    main(["start", str(space), "--address", ray_cluster["gcs"], "--quiet"])
+    main(["start", str(space), "--address", ray_cluster["gcs"], "--quiet", "--no-select"])
     trials = trials_of(tmp_path / "run")
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 6
     assert cluster_processes(ray_cluster["temp_dir"]), "the cluster keeps running after the driver leaves"
@@ -131,7 +131,7 @@ def test_killed_actor_costs_only_its_candidate(ray_cluster: dict, family: tuple[
                                                tmp_path: Path) -> None:
     space = write_space(tmp_path, family, budget={"trials": 10})
     proc = subprocess.Popen([sys.executable, "-m", "search.cli", "start", str(space), "--address",
-                             ray_cluster["gcs"], "--quiet"], env=ray_cluster["env"], cwd=tmp_path,
+                             ray_cluster["gcs"], "--quiet", "--no-select"], env=ray_cluster["env"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     run_dir = tmp_path / "run"
     deadline = time.monotonic() + 180
@@ -160,14 +160,17 @@ def test_killed_actor_costs_only_its_candidate(ray_cluster: dict, family: tuple[
 
 def test_embedded_needs_no_cluster_and_leaves_nothing(family: tuple[Path, list[Path]], tmp_path: Path) -> None:
     space = write_space(tmp_path, family, backend="ray", budget={"trials": 3})
-    proc = subprocess.run([sys.executable, "-m", "search.cli", "start", str(space), "--quiet"],
+    proc = subprocess.run([sys.executable, "-m", "search.cli", "start", str(space), "--quiet", "--no-select"],
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sum(t.state == TrialState.COMPLETE for t in trials_of(tmp_path / "run")) == 3
     ray_dir = tmp_path / "run" / "ray"
-    assert ray_dir.exists(), "the embedded Ray keeps its temp folder under the run folder"
+    sessions = list(ray_dir.glob("session_*"))
+    assert sessions, "the embedded Ray keeps its temp folder (logs, sockets) under the run folder"
+    links = [p for p in Path(tempfile.gettempdir()).glob("ms-ray-*") if p.is_symlink() and p.resolve() == ray_dir]
     time.sleep(1)
-    assert not cluster_processes(str(ray_dir)), "embedded Ray left processes behind"
+    for path in [ray_dir, *links]:
+        assert not cluster_processes(str(path)), "embedded Ray left processes behind"
 
 
 def test_inprocess_never_imports_ray(family: tuple[Path, list[Path]], tmp_path: Path) -> None:

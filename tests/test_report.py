@@ -1,4 +1,4 @@
-"""The morning report: files, plots that are not blank, the numbers of `search trials`, and Chromium's view."""
+"""The morning report: its files, plots that are not blank, the numbers of `search trials`, Chromium's."""
 
 from __future__ import annotations
 

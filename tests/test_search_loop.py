@@ -157,7 +157,7 @@ def test_consecutive_failures_stop_the_run(world: Path, capsys: pytest.CaptureFi
         pruner={"name": "none", "slices": [1.0]}, baselines=False,
         budget={"trials": 10, "max_consecutive_failures": 3})
     with pytest.raises(SystemExit) as exc:
-        main(["start", str(space), "--quiet"])
+        main(["start", str(space), "--quiet", "--no-select"])
     assert exc.value.code == 1
     assert "3 candidates failed in a row" in capsys.readouterr().err
     assert len([t for t in trials_of(world / "run") if t.state == TrialState.FAIL]) == 3
@@ -181,7 +181,7 @@ def test_sigkill_then_resume_loses_nothing(world: Path) -> None:
         "type": "python", "function": "slow_eval.py:score", "data": "docs.jsonl"}, "metric": "score"}],
         pruner={"name": "none", "slices": [0.5, 1.0]}, baselines=False, budget={"trials": 12})
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "start", str(space), "--quiet"], cwd=world, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "start", str(space), "--quiet", "--no-select"], cwd=world, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run_dir = world / "run"
     deadline = time.monotonic() + 120
@@ -197,7 +197,7 @@ def test_sigkill_then_resume_loses_nothing(world: Path) -> None:
     proc.wait()
     before = {t.number: (t.state, t.values, t.params) for t in trials_of(run_dir) if t.state.is_finished()}
     assert len(before) >= 4
-    main(["resume", str(run_dir), "--quiet"])
+    main(["resume", str(run_dir), "--quiet", "--no-select"])
     after = trials_of(run_dir)
     for t in after:
         if t.number in before:

@@ -1,4 +1,4 @@
-"""Selection through real parts: a real study on tiny models, real evaluators, the held-out split re-scored."""
+"""Selection through real parts: a real study on tiny models, real evaluators, held-out data re-scored."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from search.selection.select import select_run
 from search.selection.soups import greedy_soup
 from search.study.baselines import recorded_baselines
 from search.study.storage import STUDY_NAME, open_storage
-
 
 
 @pytest.fixture(autouse=True)
@@ -134,28 +133,38 @@ def test_winner_is_the_best_on_heldout_and_soup_beats_its_best_ingredient(run: P
     assert [s.ref for s in selection.greedy_log if s.accepted] == soup.refs
 
 
-def test_select_works_on_an_interrupted_run(run: Path, tmp_path: Path) -> None:
+def test_select_works_on_an_interrupted_run(run: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("report*", "selection.json", "export"))
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(copy))
     study.ask()  # a trial left RUNNING, as a killed driver leaves it
-    selection = select_run(copy, progress=False, report=False,
-                           options=Options(alphas=[0.5], max_front=3, soup_size=3))
+    main(["select", str(copy), "--alphas", "0.5", "--max-front", "3", "--soup-size", "3", "--quiet"])
+    assert f"winner {read_selection(copy).winner}" in capsys.readouterr().out
+    selection = read_selection(copy)
     assert selection.facts.running == 1 and selection.facts.done == 10
     assert len(selection.frontier) == 3
     assert {it.alpha for it in selection.items if it.kind == "interpolation"} == {0.5}
-    assert (copy / "selection.json").exists() and not (copy / "report.html").exists()
+    assert (copy / "report.html").exists() and (copy / "report.md").exists()
 
 
-def test_one_objective_keeps_the_top_k(tmp_path: Path, family: tuple[Path, list[Path]]) -> None:
-    objective = {"name": "abc", "evaluator": {"type": "perplexity", "data": "abc.jsonl", "max_length": 64},
-                 "metric": "perplexity", "direction": "minimize"}
-    run_dir = finished_run(tmp_path, family, key=f"single-{tmp_path}", objectives=[objective],
-                           sampler={"name": "tpe"}, budget={"trials": 6}, baselines=False)
-    selection = select_run(run_dir, progress=False, report=False, options=Options(top_k=3, alphas=[0.5]))
-    values = sorted(v[0] for v in _search_scores(run_dir, ["abc"]).values())
-    assert [selection.single(r).search["abc"] for r in selection.frontier] == values[:3]
+@pytest.mark.parametrize("objectives", [1, 2])
+def test_weighted_mode_keeps_the_top_k(objectives: int, tmp_path: Path,
+                                       family: tuple[Path, list[Path]]) -> None:
+    def objective(name: str) -> dict:
+        return {"name": name, "evaluator": {"type": "perplexity", "data": f"{name}.jsonl", "max_length": 64},
+                "metric": "perplexity", "direction": "minimize", "weight": 0.5}
+
+    chosen = [objective("abc"), objective("xyz")][:objectives]
+    run_dir = finished_run(tmp_path, family, key=f"weighted-{tmp_path}", objectives=chosen,
+                           optimize="weighted", sampler={"name": "tpe"}, budget={"trials": 6},
+                           baselines=False)
+    selection = select_run(run_dir, progress=False, options=Options(top_k=3, alphas=[0.5]))
+    names = [o["name"] for o in chosen]
+    values = sorted(0.5 * sum(v) for v in _search_scores(run_dir, names).values())
+    assert [selection.single(r).search_value for r in selection.frontier] == pytest.approx(values[:3])
     assert len([it for it in selection.items if it.kind == "interpolation"]) == 3  # 2 neighbours + the ends
+    assert (run_dir / "report_files" / "front.png").is_file()  # the alpha curves of the weighted view
 
 
 def test_select_refuses_what_it_cannot_use(tmp_path: Path, family: tuple[Path, list[Path]],

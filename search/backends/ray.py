@@ -30,7 +30,7 @@ EMBEDDED_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
-_SOCKET_PATH_LIMIT = 100  # unix socket paths are limited to ~107 bytes; Ray puts sockets under its temp dir
+_SOCKET_PATH_LIMIT = 107
 
 
 class _WorkerActor:
@@ -112,14 +112,18 @@ class RayBackend:
         return max(1, int(round(per * self.slots)))
 
     def _temp_dir(self) -> Path:
-        """Under the run folder when its path is short enough for Ray's sockets, else a short /tmp folder."""
+        """Ray's temp folder, under the run folder. Ray puts unix sockets there, whose paths are limited to ~107
+        bytes: a long run-folder path is reached through a short symlink in /tmp instead."""
         wanted = Path(self.loaded.output).resolve() / "ray"
-        if len(str(wanted)) + 60 < _SOCKET_PATH_LIMIT:
-            wanted.mkdir(parents=True, exist_ok=True)
+        wanted.mkdir(parents=True, exist_ok=True)
+        if len(str(wanted)) + 70 < _SOCKET_PATH_LIMIT:
             return wanted
-        short = Path(tempfile.gettempdir()) / f"ms-ray-{hashlib.sha1(str(wanted).encode()).hexdigest()[:8]}"
-        short.mkdir(parents=True, exist_ok=True)
-        return short
+        link = Path(tempfile.gettempdir()) / f"ms-ray-{hashlib.sha1(str(wanted).encode()).hexdigest()[:10]}"
+        if link.is_symlink() and link.resolve() != wanted:
+            link.unlink()
+        if not link.is_symlink():
+            link.symlink_to(wanted, target_is_directory=True)
+        return link
 
     def close(self) -> None:
         import ray

@@ -17,7 +17,15 @@ from pathlib import Path
 import torch
 
 from search.demo import CONFLICT, FINETUNES
-from search.demo.merges import World, hand_set_merges, lambda_search, load_world, task_arithmetic
+from search.demo.merges import (
+    GROUPS,
+    World,
+    grouped_task_arithmetic,
+    hand_set_merges,
+    lambda_search,
+    load_world,
+    task_arithmetic,
+)
 from search.demo.scorer import Scores, score
 from search.demo.skills import Example, Split, eval_examples
 
@@ -46,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", type=Path, default=None)
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--budget", type=int, default=40)
+    ap.add_argument("--group-budget", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -77,6 +86,17 @@ def main(argv: list[str] | None = None) -> None:
         budget=args.budget)
     results["λ search"] = evaluate(world, task_arithmetic(world, lams), held)
     print(_row(f"per-fine-tune λ ({spent} evals)", results["λ search"]), f"(search {v_search:.3f})", lams)
+    flat_start = {f"{sk}/{g}": lams[sk] for sk in skills for g in GROUPS}
+
+    def grouped(flat: dict[str, float]) -> dict[str, dict[str, float]]:
+        return {sk: {g: flat[f"{sk}/{g}"] for g in GROUPS} for sk in skills}
+
+    keys = list(flat_start)
+    glams, gv_search, gspent = lambda_search(
+        keys, lambda flat: mean_exact(evaluate(world, grouped_task_arithmetic(world, grouped(flat)), search)),
+        budget=args.group_budget, start=0.0, start_point=flat_start)
+    results["group search"] = evaluate(world, grouped_task_arithmetic(world, grouped(glams)), held)
+    print(_row(f"per-layer-group λ (+{gspent} evals)", results["group search"]), f"(search {gv_search:.3f})")
     best_hand = max(hand, key=lambda lab: mean_exact(results[lab]))
     gap = mean_exact(results["λ search"]) - mean_exact(results[best_hand])
     print(f"\nbest hand-set: {best_hand} {mean_exact(results[best_hand]):.3f}; λ search gains {gap:+.3f}")

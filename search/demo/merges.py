@@ -64,6 +64,32 @@ def task_arithmetic(world: World, lambdas: Mapping[str, float]) -> StateDict:
     return out
 
 
+def layer_group(name: str, layers: int) -> str:
+    """The coarse group of a tensor: ``embed``, ``lower`` / ``upper`` half of the layers, or ``head``."""
+    if "embed_tokens" in name:
+        return "embed"
+    if ".layers." in name:
+        index = int(name.split(".layers.")[1].split(".")[0])
+        return "lower" if index < layers // 2 else "upper"
+    return "head"
+
+
+GROUPS: tuple[str, ...] = ("embed", "lower", "upper", "head")
+
+
+def grouped_task_arithmetic(world: World, lambdas: Mapping[str, Mapping[str, float]]) -> StateDict:
+    """``base + Σ λ_(i,g) δ_i`` with one λ per fine-tune ``i`` and layer group ``g`` (see :func:`layer_group`)."""
+    layers = world.model.config.num_hidden_layers
+    out = {}
+    for k, b in world.base.items():
+        g = layer_group(k, layers)
+        t = b.clone()
+        for skill, by_group in lambdas.items():
+            t += by_group[g] * world.deltas[skill][k]
+        out[k] = t
+    return out
+
+
 def method_merge(world: World, method: str, per_model: Mapping[str, float],
                  globals_: Mapping[str, float | bool] | None = None, seed: int = 0) -> StateDict:
     """Merge every fine-tune with a registered method (``search.methods.get_method``), tensor by tensor."""
@@ -99,13 +125,13 @@ def hand_set_merges(world: World) -> dict[str, Callable[[], StateDict]]:
 
 
 def lambda_search(skills: list[str], value: Callable[[dict[str, float]], float], *, budget: int = 40,
-                  start: float = 0.3, step: float = 0.1, low: float = 0.0, high: float = 1.3
-                  ) -> tuple[dict[str, float], float, int]:
+                  start: float = 0.3, step: float = 0.1, low: float = 0.0, high: float = 1.3,
+                  start_point: Mapping[str, float] | None = None) -> tuple[dict[str, float], float, int]:
     """A per-fine-tune λ grid search by coordinate moves of ``step``: start at ``start`` for every
-    fine-tune; try each fine-tune's λ one step down and up; keep a move when ``value`` improves; stop when a
+    fine-tune (or at ``start_point``); try each fine-tune's λ one step down and up; keep a move when ``value`` improves; stop when a
     round changes nothing or ``budget`` evaluations are spent. Returns (λs, value, evaluations).
     """
-    best = {s: start for s in skills}
+    best = dict(start_point) if start_point is not None else {s: start for s in skills}
     best_v = value(best)
     spent = 1
     improved = True

@@ -1,8 +1,14 @@
 """Pretrain the demo base model and fine-tune it on one skill; deterministic from a seed.
 
-The base is a tiny transformers ``LlamaForCausalLM`` trained on the pretraining mixture of
-:mod:`search.demo.skills` (it half-knows every skill); a fine-tune is a short, gentle run on one skill with
-the loss on the answer only, so its task vector stays small (a few percent of the base's norm).
+The recipe (defaults of the configs below):
+
+- Base: a tiny transformers ``LlamaForCausalLM`` (hidden 128, 4 layers, 4 heads, intermediate 256; 0.68 M
+  parameters), 2400 steps of 16 rows x 96 characters at lr 2e-3 (cosine to a tenth) on the pretraining mixture
+  of :mod:`search.demo.skills`: 80 % skill lines, each answered right half the time and otherwise by a lazy
+  echo of its input, so the base half-knows every skill.
+- Fine-tune: 150 steps of 32 skill lines at lr 2e-4 with the loss on the answer only, plus 0.1 x the KL to the
+  base on 8 rows of pretraining lines of the other skills (replay): each fine-tune only tilts the base towards
+  the right answers of its own skill and leaves the rest alone, so task vectors are small and merge well.
 
 Results are bit-for-bit reproducible for a given seed, torch build and thread count.
 
@@ -11,7 +17,7 @@ Results are bit-for-bit reproducible for a given seed, torch build and thread co
     >>> base = pretrain(tok, PretrainConfig(steps=2, batch=2, seq_len=32), seed=0)
     >>> ft = finetune(base, tok, "add", FinetuneConfig(steps=2, batch=2), seed=0)
     >>> sum(p.numel() for p in ft.parameters())
-    681344
+    682112
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ class PretrainConfig:
     steps: int = 2400
     batch: int = 16
     seq_len: int = 96
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 0.01
     mixture: Mixture = field(default_factory=Mixture)
@@ -60,8 +66,8 @@ class FinetuneConfig:
     steps: int = 150
     batch: int = 32
     lr: float = 2e-4
-    replay: float = 0.0
-    replay_batch: int = 16
+    replay: float = 0.1
+    replay_batch: int = 8
     replay_len: int = 64
     mixture: Mixture = field(default_factory=Mixture)
 

@@ -1,7 +1,8 @@
 """``search export RUN_DIR --pick N|best|soup|pareto|ITEM``: selected models as ready Hugging Face folders.
 
-Each pick becomes ``OUT/<item id>/`` (safetensors shards, config, tokenizer, a model card with parents, method,
-coefficients, search and held-out scores, and the mergekit recipe as ``mergekit_config.yml``) and, beside it,
+Each pick becomes ``OUT/<item id>/`` (safetensors shards, config, tokenizer, a model card with parents,
+method, coefficients, search and held-out scores, and the mergekit recipe as ``mergekit_config.yml``) and,
+beside it,
 ``OUT/<item id>.mergekit.yaml``, the same recipe for mergekit. The weights are computed exactly as selection
 scored them (:mod:`search.selection.mixture`), from ``selection.json`` and the parents alone: nothing is
 re-scored.
@@ -26,19 +27,19 @@ from search.selection.record import Item, Part, Selection, read_selection, ref_l
 from search.weights.writer import ModelFolderWriter, check_destination
 
 EXPORT_DIR = "export"
-PICKS = "a trial number, best, soup, pareto, or an item id from selection.json (e.g. interp-3-7-a0.50)"
+PICKS = "a trial number, best, soup, pareto, or an item id from selection.json (e.g. interp-3-7-a0.5)"
 
 
 def pick_items(selection: Selection, pick: str, run_dir: Path) -> tuple[list[Item], dict[str, MergeSpec]]:
-    """The items ``pick`` names, and the specs they need (a trial outside the selection is read from the study)."""
+    """The items ``pick`` names and the specs they need (a trial outside the selection: from the study)."""
     specs = dict(selection.specs)
     if pick == "best":
         return [selection.winner_item], specs
     if pick == "soup":
         soups = [it for it in selection.items if it.kind == "greedy_soup"]
         if not soups:
-            raise UserError("this selection has no greedy soup (the study had a single candidate)", field="--pick",
-                            fix=f"pick {PICKS}")
+            raise UserError("this selection has no greedy soup (the study had a single candidate)",
+                            field="--pick", fix=f"pick {PICKS}")
         return soups, specs
     if pick == "pareto":
         return [it for it in selection.items if it.frontier], specs
@@ -95,7 +96,8 @@ def export_run(run_dir: str | Path, pick: str, *, out: str | Path | None = None,
     layout = load_layout(loaded.base_model, trust_remote_code=space.trust_remote_code)
     parents = Parents.load(loaded.base_model, models, dtype=getattr(torch, space.dtype), device=device,
                            allow_pickle=space.allow_pickle, trust_remote_code=space.trust_remote_code,
-                           labels=[f"models.{n}" for n in space.models], source=str(run_dir / "resolved.json"))
+                           labels=[f"models.{n}" for n in space.models],
+                           source=str(run_dir / "resolved.json"))
     written = []
     for item in items:
         mixture = [(specs[p.ref], p.coefficient) for p in item.parts]
@@ -134,8 +136,8 @@ def model_card(selection: Selection, item: Item, specs: dict[str, MergeSpec], re
     why = {
         "trial": "a trial of the search" + (" on the search-split frontier" if item.frontier else ""),
         "baseline": f"the hand-set baseline `{item.baseline}`",
-        "interpolation": f"a weight-space interpolation between the frontier points {ends[0]} and {ends[1]} at "
-                         f"alpha={item.alpha} (rewarded soups)",
+        "interpolation": f"a weight-space interpolation between the frontier points {ends[0]} and {ends[1]} "
+                         f"at alpha={item.alpha} (rewarded soups)",
         "greedy_soup": "the greedy soup of the best candidates (added while the search score did not drop)",
         "uniform_soup": "the uniform soup of the best candidates",
     }[item.kind]
@@ -145,8 +147,8 @@ def model_card(selection: Selection, item: Item, specs: dict[str, MergeSpec], re
         spec = specs[p.ref]
         body = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
         ingredients.append(f"### {ref_label(p.ref)} × {p.coefficient:g}\n\n```yaml\n{body}```")
-    heldout_note = ("" if item.heldout else "\nThis model was not among the selected ones, so it was not scored on "
-                    "held-out data.\n")
+    heldout_note = ("" if item.heldout else "\nThis model was not among the selected ones, so it was not "
+                    "scored on held-out data.\n")
     notes = "\n".join(f"- {n}" for n in recipe.notes) or "- mergekit reproduces these weights."
     command = ("mergekit-multimerge {id}.mergekit.yaml --intermediate-dir stages --out-path {id}-mergekit"
                if recipe.multistage else "mergekit-yaml {id}.mergekit.yaml {id}-mergekit").format(id=item.id)
@@ -158,7 +160,8 @@ def model_card(selection: Selection, item: Item, specs: dict[str, MergeSpec], re
         f"- kind: `{item.kind}`\n- method: `{item.method}`\n- weights: {weights}\n\n"
         f"## Parents\n\n{parents}\n\n"
         f"## Scores\n\n{_score_table(selection, item)}\n{heldout_note}\n"
-        f"Search-split scores are what the search optimised; held-out scores are on documents it never saw.\n\n"
+        "Search-split scores are what the search optimised; held-out scores are on documents it never "
+        "saw.\n\n"
         f"## Coefficients\n\n" + "\n\n".join(ingredients) + "\n\n"
         f"## Rebuild with mergekit\n\n```sh\n{command}\n```\n\n{notes}\n"
     )

@@ -1,16 +1,17 @@
 """The mergekit recipe of a selected model: the same weights, rebuilt (or tweaked) with mergekit.
 
-- A single merge (a trial or a baseline) is one mergekit config. Our per-layer lists are mergekit gradients with
-  exactly ``num_layers`` points (mergekit lands them on each layer); our ``{kind: ...}`` conditions become
-  mergekit ``filter`` conditions: substrings of tensor names that select exactly the tensors of that module kind in
-  this architecture, checked against the model's layout tensor by tensor. Our ``seed`` is dropped (mergekit has
-  none): DARE / DELLA masks are random, so mergekit reproduces those merges in expectation only.
+- A single merge (a trial or a baseline) is one mergekit config. Our per-layer lists are mergekit gradients
+  with exactly ``num_layers`` points (mergekit lands them on each layer); our ``{kind: ...}`` conditions
+  become mergekit ``filter`` conditions: substrings of tensor names that select exactly the tensors of that
+  module kind in this architecture, checked against the model's layout tensor by tensor. Our ``seed`` is
+  dropped (mergekit has none): DARE / DELLA masks are random, so mergekit reproduces those merges in
+  expectation only.
 - A mixture (an interpolation or a soup) of task-arithmetic / linear merges collapses into one task-arithmetic
-  config (the weights are linear in the task vectors). Any other mixture becomes a ``mergekit-multimerge`` file:
-  one named stage per ingredient, then a ``linear`` merge of the stages with the mixture's coefficients.
+  config (the weights are linear in the task vectors). Any other mixture becomes a ``mergekit-multimerge``
+  file: one named stage per ingredient, then a ``linear`` merge of the stages with the mixture's coefficients.
 
->>> recipe = mixture_recipe([(spec, 1.0)], base="/m/base", models=["/m/a", "/m/b"], layout=layout)  # doctest: +SKIP
->>> print(recipe.yaml_text())                                                                       # doctest: +SKIP
+>>> recipe = mixture_recipe([(spec, 1.0)], base="/m/base", models=["/m/a"], layout=layout)  # doctest: +SKIP
+>>> print(recipe.yaml_text())                                                               # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import yaml
 
 from search.merging.coefficients import Condition, resolve_setting
 from search.merging.spec import MergeSpec
-from search.weights.layout import MODULE_KINDS, ModelLayout, TensorRole
+from search.weights.layout import MODULE_KINDS, ModelLayout
 
 # Our methods that mergekit 0.1.5 implements with the same equations (tests/test_methods_vs_mergekit.py).
 MERGEKIT_METHODS = frozenset({
-    "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "breadcrumbs", "breadcrumbs_ties",
-    "della", "della_linear", "model_stock",
+    "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "breadcrumbs",
+    "breadcrumbs_ties", "della", "della_linear", "model_stock",
 })
 _TOLERANCE = 1e-12
 
@@ -52,7 +53,7 @@ class ExportRecipe:
         return "---\n".join(yaml.safe_dump(doc, sort_keys=False) for doc in self.documents)
 
 
-# -- settings: module kinds -> name filters ---------------------------------------------------------------------
+# -- settings: module kinds -> name filters ---------------------------------------------------------------
 
 def _plain(setting: Any) -> Any:
     """A setting as plain YAML data (conditions as mappings without empty fields)."""
@@ -137,7 +138,7 @@ def check_same(original: Any, translated: Any, layout: ModelLayout) -> None:
             raise NotTranslatable(f"'{name}' takes {a} but the translated setting gives {b}")
 
 
-# -- one merge ---------------------------------------------------------------------------------------------------
+# -- one merge ---------------------------------------------------------------------------------------------
 
 def spec_recipe(spec: MergeSpec, *, base: str, models: Sequence[str], layout: ModelLayout,
                 dtype: str = "float32") -> dict[str, Any]:
@@ -164,19 +165,19 @@ def spec_recipe(spec: MergeSpec, *, base: str, models: Sequence[str], layout: Mo
 def spec_notes(spec: MergeSpec) -> list[str]:
     notes = []
     if spec.merge_method.stochastic and spec.seed is not None:
-        notes.append(f"`{spec.method}` drops task-vector entries at random; merge-search fixed its masks with seed "
-                     f"{spec.seed}, which mergekit has no field for: mergekit reproduces this merge in expectation "
-                     "only (`search merge` with `seed:` added reproduces it exactly).")
+        notes.append(f"`{spec.method}` drops task-vector entries at random; merge-search fixed its masks "
+                     f"with seed {spec.seed}, which mergekit has no field for: mergekit reproduces this "
+                     "merge in expectation only (`search merge` with `seed:` added reproduces it exactly).")
     if spec.method not in MERGEKIT_METHODS:
         notes.append(f"mergekit 0.1.5 has no `{spec.method}` method: run this recipe with `search merge` "
                      "(same YAML format).")
     return notes
 
 
-# -- mixtures ----------------------------------------------------------------------------------------------------
+# -- mixtures ----------------------------------------------------------------------------------------------
 
 def _linear_coefficients(spec: MergeSpec, name: str, layout: ModelLayout) -> list[float] | None:
-    """Per-model coefficients ``a`` with ``merge(spec) = base + sum_i a_i delta_i`` for this tensor, or None."""
+    """Per-model ``a`` with ``merge(spec) = base + sum_i a_i delta_i`` for this tensor, or None."""
     import torch
 
     if spec.base_index is not None or spec.method not in ("task_arithmetic", "linear"):
@@ -195,7 +196,7 @@ def _linear_coefficients(spec: MergeSpec, name: str, layout: ModelLayout) -> lis
 
 
 def _setting_for(values: dict[str, float], layout: ModelLayout) -> Any:
-    """A setting (kind conditions over per-layer lists) that takes ``values[name]`` on every tensor, or None."""
+    """A setting (kind conditions over per-layer lists) taking ``values[name]`` on every tensor, or None."""
     by_kind: dict[str, list[str]] = {k: [] for k in MODULE_KINDS}
     for name in values:
         by_kind[layout.role(name).kind].append(name)
@@ -230,7 +231,7 @@ def _setting_for(values: dict[str, float], layout: ModelLayout) -> Any:
 
 
 def collapse_linear(mixture: Sequence[tuple[MergeSpec, float]], layout: ModelLayout) -> MergeSpec | None:
-    """One task-arithmetic spec equal to a mixture of task-arithmetic / linear specs, or None when there is none.
+    """One task-arithmetic spec equal to a mixture of task-arithmetic / linear specs, or None if none is.
 
     ``sum_j c_j (base + sum_i a_ij delta_i) = base + sum_i (sum_j c_j a_ij) delta_i`` when ``sum_j c_j = 1``.
     """
@@ -257,7 +258,7 @@ def collapse_linear(mixture: Sequence[tuple[MergeSpec, float]], layout: ModelLay
 def mixture_recipe(mixture: Sequence[tuple[MergeSpec, float]], *, base: str, models: Sequence[str],
                    layout: ModelLayout, dtype: str = "float32", stage_names: Sequence[str] | None = None
                    ) -> ExportRecipe:
-    """The mergekit recipe of ``sum_j c_j merge(spec_j)``: one config where possible, else a multimerge file."""
+    """The mergekit recipe of ``sum_j c_j merge(spec_j)``: one config where possible, else multimerge."""
     if len(mixture) == 1 and mixture[0][1] == 1.0:
         spec = mixture[0][0]
         return ExportRecipe([spec_recipe(spec, base=base, models=models, layout=layout, dtype=dtype)],
@@ -265,18 +266,20 @@ def mixture_recipe(mixture: Sequence[tuple[MergeSpec, float]], *, base: str, mod
     collapsed = collapse_linear(mixture, layout)
     if collapsed is not None:
         return ExportRecipe([spec_recipe(collapsed, base=base, models=models, layout=layout, dtype=dtype)], [
-            "This mixture of task-arithmetic / linear merges is linear in the task vectors: the recipe is the one "
-            "task-arithmetic merge it equals (per-layer weights summed over its ingredients)."])
+            "This mixture of task-arithmetic / linear merges is linear in the task vectors: the recipe is "
+            "the one task-arithmetic merge it equals (per-layer weights summed over its ingredients)."])
     names = list(stage_names or [f"ingredient_{j}" for j in range(len(mixture))])
     documents, notes = [], []
     for name, (spec, _) in zip(names, mixture):
-        documents.append({"name": name, **spec_recipe(spec, base=base, models=models, layout=layout, dtype=dtype)})
+        stage = spec_recipe(spec, base=base, models=models, layout=layout, dtype=dtype)
+        documents.append({"name": name, **stage})
         notes += spec_notes(spec)
     documents.append({"merge_method": "linear",
-                      "models": [{"model": n, "parameters": {"weight": c}} for n, (_, c) in zip(names, mixture)],
+                      "models": [{"model": n, "parameters": {"weight": c}}
+                                 for n, (_, c) in zip(names, mixture)],
                       "parameters": {"normalize": False}, "dtype": dtype})
-    notes.insert(0, "This mixture is not one mergekit merge (its ingredients are not all linear in the task "
-                    "vectors): the YAML is a `mergekit-multimerge` file, one named stage per ingredient, then a "
-                    "linear merge of the stages with the mixture's coefficients. Run it with `mergekit-multimerge "
-                    "FILE --intermediate-dir DIR --out-path OUT`.")
+    notes.insert(0, "This mixture is not one mergekit merge (its ingredients are not all linear in the "
+                    "task vectors): the YAML is a `mergekit-multimerge` file, one named stage per "
+                    "ingredient, then a linear merge of the stages with the mixture's coefficients. Run it "
+                    "with `mergekit-multimerge FILE --intermediate-dir DIR --out-path OUT`.")
     return ExportRecipe(documents, list(dict.fromkeys(notes)))

@@ -87,19 +87,20 @@ def front(selection: Selection, trials: Sequence[Any]) -> Figure | str:
     objs = selection.objectives
     singles = _single(selection)
     curves = _curves(selection)
-    if len(objs) == 1:
+    if selection.mode == "weighted" or len(objs) == 1:
         return _alpha_curves(selection, singles, curves)
     x, y = objs[0].name, objs[1].name
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), squeeze=False)
     for ax, split in zip(axes[0], ("search", "heldout")):
-        def point(it: Item) -> tuple[float, float] | None:
+        def point(it: Item, split: str = split) -> tuple[float, float] | None:
             scores = it.search if split == "search" else it.heldout
             return (scores[x], scores[y]) if x in scores and y in scores else None
 
         if split == "search":
             others = [t for t in _complete(trials) if "baseline" not in t.user_attrs]
             ax.scatter([t.user_attrs.get(f"search.{x}") for t in others],
-                       [t.user_attrs.get(f"search.{y}") for t in others], s=12, color="#bbbbbb", label="trials")
+                       [t.user_attrs.get(f"search.{y}") for t in others], s=12, color="#bbbbbb",
+                       label="trials")
         pts = [point(singles[n]) for n in selection.frontier if n in singles]
         pts = [p for p in pts if p is not None]
         if pts:
@@ -138,24 +139,34 @@ def front(selection: Selection, trials: Sequence[Any]) -> Figure | str:
 def _alpha_curves(selection: Selection, singles: dict[str, Item], curves: dict[tuple[str, str], list[Item]]
                   ) -> Figure | str:
     if not curves:
-        return "one objective and no interpolation curve (fewer than two frontier trials)"
-    name = selection.objectives[0].name
+        return "no interpolation curve (fewer than two frontier points)"
+    single = len(selection.objectives) == 1
+    name = selection.objectives[0].name if single else "weighted sum"
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, ((a, b), items) in enumerate(curves.items()):
         color = colors[i % len(colors)]
         for split, style in (("search", "-o"), ("heldout", "--s")):
             xs, ys = [], []
-            for alpha, it in [(0.0, singles.get(a)), *[(it.alpha or 0.0, it) for it in items], (1.0, singles.get(b))]:
-                scores = None if it is None else (it.search if split == "search" else it.heldout)
-                if scores and name in scores:
+            chain = [(0.0, singles.get(a)), *[(it.alpha or 0.0, it) for it in items], (1.0, singles.get(b))]
+            for alpha, it in chain:
+                if it is None:
+                    continue
+                value = (it.search if split == "search" else it.heldout).get(name) if single else \
+                    (it.search_value if split == "search" else it.heldout_value)
+                if value is not None:
                     xs.append(alpha)
-                    ys.append(scores[name])
+                    ys.append(value)
             ax.plot(xs, ys, style, color=color, ms=4, lw=1,
                     label=f"{ref_label(a)}→{ref_label(b)} {'search' if split == 'search' else 'held-out'}")
+    for item_id, kind in ((selection.best_baseline, "baseline"), ("greedy-soup", "greedy_soup")):
+        found = next((it for it in selection.items if it.id == item_id), None)
+        value = None if found is None else (found.heldout.get(name) if single else found.heldout_value)
+        if value is not None:
+            ax.axhline(value, color=COLORS[kind], ls=":", lw=1.2, label=f"{found.label} (held-out)")
     ax.set_xlabel("α (0: first end, 1: second end)")
     ax.set_ylabel(f"{name}")
-    ax.set_title("interpolations between frontier trials")
+    ax.set_title("interpolations between frontier points (search: solid, held-out: dashed)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -315,12 +326,13 @@ def heldout_vs_search(selection: Selection) -> Figure | str:
                 continue
             label = it.kind.replace("_", " ") if it.kind not in seen else None
             seen.add(it.kind)
-            ax.scatter([it.search[o.name]], [it.heldout[o.name]], marker=MARKERS[it.kind], color=COLORS[it.kind],
-                       s=60 if it.kind != "interpolation" else 30, label=label, edgecolor="black", linewidth=0.3)
+            ax.scatter([it.search[o.name]], [it.heldout[o.name]], marker=MARKERS[it.kind],
+                       color=COLORS[it.kind], s=60 if it.kind != "interpolation" else 30, label=label,
+                       edgecolor="black", linewidth=0.3)
         win = selection.winner_item
         if o.name in win.search and o.name in win.heldout:
-            ax.scatter([win.search[o.name]], [win.heldout[o.name]], s=240, facecolors="none", edgecolors="red",
-                       linewidths=2, label="winner")
+            ax.scatter([win.search[o.name]], [win.heldout[o.name]], s=240, facecolors="none",
+                       edgecolors="red", linewidths=2, label="winner")
         lo, hi = ax.get_xlim()
         lo2, hi2 = ax.get_ylim()
         a, b = min(lo, lo2), max(hi, hi2)

@@ -1,8 +1,9 @@
 """The morning report of a run: ``RUN_DIR/report.html`` (plots embedded) and ``RUN_DIR/report.md``.
 
-Built from ``selection.json`` and the study storage alone (nothing is scored here): the winner and why, the table
-of selected models and baselines with search and held-out scores side by side, the plots (also written as PNG
-files under ``RUN_DIR/report_files/``), run facts, and how to look further (``search trials``, optuna-dashboard).
+Built from ``selection.json`` and the study storage alone (nothing is scored here): the winner and why, the
+table of selected models and baselines with search and held-out scores side by side, the plots (also written
+as PNG files under ``RUN_DIR/report_files/``), run facts, and how to look further (``search trials``,
+optuna-dashboard).
 
 >>> render_report(Path("results/demo"))        # doctest: +SKIP
 (PosixPath('results/demo/report.html'), PosixPath('results/demo/report.md'))
@@ -128,29 +129,29 @@ class _Context:
                           if len(sel.objectives) > 1 else f"its held-out {sel.objectives[0].name} score")
         lines = [
             f"Winner: {win.label} (`{win.id}`, {KIND_NAMES[win.kind]}, method {win.method}).",
-            f"Why: of {n_scored} models scored on held-out data ({n_scored - n_base} from the search, {n_base} "
-            f"hand-set baselines), it has the best {objective_word} ({sel.value_direction}). "
+            f"Why: of {n_scored} models scored on held-out data ({n_scored - n_base} from the search, "
+            f"{n_base} hand-set baselines), it has the best {objective_word} ({sel.value_direction}). "
             f"Held-out: {self.scores(win, 'heldout')}; search split: {self.scores(win, 'search')}.",
         ]
         base = sel.item(sel.best_baseline) if sel.best_baseline else None
         if base is not None and win.kind != "baseline":
             delta = ", ".join(f"{o.name} {_signed(win.heldout.get(o.name), base.heldout.get(o.name))}"
                               for o in sel.objectives)
-            lines.append(f"Against the best baseline on held-out, {base.label}: {self.scores(base, 'heldout')} "
-                         f"(winner minus baseline: {delta}).")
+            lines.append(f"Against the best baseline on held-out, {base.label}: "
+                         f"{self.scores(base, 'heldout')} (winner minus baseline: {delta}).")
         elif base is not None and sel.best_searched:
             found = sel.item(sel.best_searched)
-            lines.append(f"No model of the search beat the hand-set baseline on held-out data. The best from the "
-                         f"search, {found.label} (`{found.id}`), scored {self.scores(found, 'heldout')}.")
-        top_search = max((it for it in sel.items if it.search_value is not None and it.heldout_value is not None),
-                         key=lambda it: it.search_value if sel.value_direction == "maximize"  # type: ignore[return-value]
-                         else -it.search_value, default=None)  # type: ignore[operator]
+            lines.append(f"No model of the search beat the hand-set baseline on held-out data. The best from "
+                         f"the search, {found.label} (`{found.id}`), scored {self.scores(found, 'heldout')}.")
+        sign = 1.0 if sel.value_direction == "maximize" else -1.0
+        both = [it for it in sel.items if it.search_value is not None and it.heldout_value is not None]
+        top_search = max(both, key=lambda it: sign * it.search_value, default=None)  # type: ignore[operator]
         if top_search is not None and top_search.id != win.id:
-            lines.append(f"The best model on the search split, {top_search.label}, scored "
-                         f"{self.scores(top_search, 'heldout')} on held-out: picking on the search split alone "
-                         f"would have overfitted it.")
-        lines.append(f"The winner is picked on held-out among {n_scored} models, so its held-out score is itself "
-                     f"slightly optimistic; the search-vs-held-out gap of every model is in the table.")
+            lines.append(f"Picked on the search split instead, the choice would have been {top_search.label} "
+                         f"(`{top_search.id}`): held-out {self.scores(top_search, 'heldout')}, weighted "
+                         f"{fmt(top_search.heldout_value)} against the winner's {fmt(win.heldout_value)}.")
+        lines.append(f"The winner is picked on held-out among {n_scored} models, so its held-out score is "
+                     "itself slightly optimistic; the search-vs-held-out gap of every model is in the table.")
         lines.append(f"Export it: `search export {self.run_dir} --pick best` (a Hugging Face folder and its "
                      f"mergekit YAML).")
         return lines
@@ -177,12 +178,13 @@ def _markdown(ctx: _Context, images: dict[str, bytes | str]) -> str:
     out = [f"# merge-search report: `{ctx.run_dir}`", "", f"Selected {sel.created}.", "", "## The winner", ""]
     out += [f"- {line}" for line in ctx.headline()]
     out += ["", "## Selected models and baselines", "",
-            "Search = the split the search optimised; held-out = documents it never saw; gap = held-out − search.",
-            "", markdown_table(selection_frame(sel)), ""]
+            "Search = the split the search optimised; held-out = documents it never saw; "
+            "gap = held-out − search.", "", markdown_table(selection_frame(sel)), ""]
     for name, title in PLOTS:
         out += [f"## {title}", ""]
         image = images[name]
-        out.append(f"![{title}]({REPORT_FILES}/{name}.png)" if isinstance(image, bytes) else f"_Not drawn: {image}._")
+        out.append(f"![{title}]({REPORT_FILES}/{name}.png)" if isinstance(image, bytes)
+                   else f"_Not drawn: {image}._")
         out.append("")
     out += ["## Run facts", "", pairs_markdown(facts_rows(sel)), ""]
     failures = failure_rows(sel)
@@ -191,7 +193,8 @@ def _markdown(ctx: _Context, images: dict[str, bytes | str]) -> str:
     if sel.greedy_log:
         out += ["### Greedy soup, step by step", "",
                 "| candidate | soup search value with it | kept |", "|---|---|---|",
-                *[f"| {ref_label(s.ref)} | {s.score:.4f} | {'yes' if s.accepted else 'no'} |" for s in sel.greedy_log], ""]
+                *[f"| {ref_label(s.ref)} | {fmt(s.score) or 'failed'} | {'yes' if s.accepted else 'no'} |"
+                  for s in sel.greedy_log], ""]
     out += ["## Looking further", ""] + [f"- {line}" for line in ctx.looking_further()] + [""]
     return "\n".join(out)
 
@@ -208,8 +211,8 @@ def _html_table(frame: Any, winner_id: str | None = None) -> str:
     for row in frame.itertuples(index=False):
         values = list(row)
         cls = ' class="winner"' if winner_id is not None and values and values[0] == winner_id else ""
-        cells = "".join(f'<td class="num">{fmt(v)}</td>' if isinstance(v, float) else f"<td>{html.escape(fmt(v))}</td>"
-                        for v in values)
+        cells = "".join(f'<td class="num">{fmt(v)}</td>' if isinstance(v, float)
+                        else f"<td>{html.escape(fmt(v))}</td>" for v in values)
         rows.append(f"<tr{cls}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -220,7 +223,8 @@ def _pairs_html(rows: list[tuple[str, str]]) -> str:
 
 
 CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;color:#222}
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;
+     color:#222}
 h1{font-size:22px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .winner-box{background:#f3f8f1;border:1px solid #9c9;padding:10px 16px;border-radius:6px}
 table{border-collapse:collapse;font-size:12px;margin:8px 0} th,td{border:1px solid #ddd;padding:3px 6px}
@@ -247,7 +251,8 @@ def _html(ctx: _Context, images: dict[str, bytes | str]) -> str:
         image = images[name]
         if isinstance(image, bytes):
             data = base64.b64encode(image).decode()
-            parts.append(f"<img id='plot-{name}' alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
+            parts.append(f"<img id='plot-{name}' alt='{html.escape(title)}' "
+                         f"src='data:image/png;base64,{data}'>")
         else:
             parts.append(f"<p class='note'>Not drawn: {html.escape(image)}.</p>")
     parts += ["<h2>Run facts</h2>", _pairs_html(facts_rows(sel))]
@@ -255,8 +260,10 @@ def _html(ctx: _Context, images: dict[str, bytes | str]) -> str:
     if failures:
         parts += ["<h3>Failed trials</h3>", _pairs_html(failures)]
     if sel.greedy_log:
-        rows = [(ref_label(s.ref), f"{s.score:.4f} ({'kept' if s.accepted else 'dropped'})") for s in sel.greedy_log]
-        parts += ["<h3>Greedy soup, step by step (soup search value with the candidate)</h3>", _pairs_html(rows)]
+        rows = [(ref_label(s.ref), f"{fmt(s.score) or 'failed'} ({'kept' if s.accepted else 'dropped'})")
+                for s in sel.greedy_log]
+        parts += ["<h3>Greedy soup, step by step (soup search value with the candidate)</h3>",
+                  _pairs_html(rows)]
     parts += ["<h2>Looking further</h2><ul>", *[f"<li>{_code_spans(x)}</li>" for x in ctx.looking_further()],
               "</ul></body></html>"]
     return "\n".join(parts)

@@ -32,8 +32,8 @@ def selection_frame(selection: Selection) -> Any:
 
     rows = []
     for it in ranked_items(selection):
-        row: dict[str, Any] = {"id": it.id, "kind": KIND_NAMES[it.kind], "model": it.label, "method": it.method,
-                               "frontier": "yes" if it.frontier else ""}
+        row: dict[str, Any] = {"id": it.id, "kind": KIND_NAMES[it.kind], "model": it.label,
+                               "method": it.method, "frontier": "yes" if it.frontier else ""}
         for o in selection.objectives:
             s, h = it.search.get(o.name), it.heldout.get(o.name)
             row[f"{o.name} search"] = s
@@ -42,7 +42,8 @@ def selection_frame(selection: Selection) -> Any:
         if len(selection.objectives) > 1:
             row["weighted search"] = it.search_value
             row["weighted held-out"] = it.heldout_value
-        row["note"] = ("winner" if it.id == selection.winner else "") + (f" error: {it.error}" if it.error else "")
+        row["note"] = (("winner" if it.id == selection.winner else "")
+                       + (f" error: {it.error}" if it.error else ""))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -1,9 +1,9 @@
 """Weights of a mixture of merge candidates: ``sum_j c_j * merge(spec_j)``, tensor by tensor.
 
-Every selected model is a mixture: a trial is ``[(spec, 1.0)]``, an interpolation two specs at ``1 - alpha`` and
-``alpha``, a soup its ingredients at ``1 / m``. Selection writes a mixture into the worker's live model to score
-it; export computes the very same tensors (same operations, same order) to write them, so an exported folder
-holds bit for bit the weights that were scored. Only one extra tensor is alive at a time.
+Every selected model is a mixture: a trial is ``[(spec, 1.0)]``, an interpolation two specs at ``1 - alpha``
+and ``alpha``, a soup its ingredients at ``1 / m``. Selection writes a mixture into the worker's live model to
+score it; export computes the very same tensors (same operations, same order) to write them, so an exported
+folder holds bit for bit the weights that were scored. Only one extra tensor is alive at a time.
 
 >>> load_mixture(worker, [(spec_a, 0.5), (spec_b, 0.5)])         # doctest: +SKIP
 >>> worker.score("heldout")                                       # doctest: +SKIP
@@ -23,11 +23,12 @@ Mixture = Sequence[tuple[MergeSpec, float]]
 
 def _merge(parents: Any, spec: MergeSpec, name: str, out: torch.Tensor) -> torch.Tensor:
     params = spec.tensor_params(name, parents.layout, device=parents.device, dtype=parents.dtype)
-    return spec.merge_method.merge(parents.base[name], parents.deltas[name], params, seed=spec.tensor_seed(name),
-                                   out=out)
+    return spec.merge_method.merge(parents.base[name], parents.deltas[name], params,
+                                   seed=spec.tensor_seed(name), out=out)
 
 
-def mixed_tensor(parents: Any, mixture: Mixture, name: str, *, out: torch.Tensor | None = None) -> torch.Tensor:
+def mixed_tensor(parents: Any, mixture: Mixture, name: str, *,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """One tensor of the mixture, written into ``out`` (a new tensor when None)."""
     if not mixture:
         raise ValueError("an empty mixture has no weights")
@@ -48,7 +49,7 @@ def mixed_tensor(parents: Any, mixture: Mixture, name: str, *, out: torch.Tensor
 
 
 def mixed_tensors(parents: Any, mixture: Mixture) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor of the mixture (merged ones, then the non-float ones copied as they are), one at a time."""
+    """Every tensor of the mixture (merged ones, then the non-float ones as they are), one at a time."""
     with torch.no_grad():
         for name in parents.base:
             yield name, mixed_tensor(parents, mixture, name)
@@ -60,15 +61,8 @@ def load_mixture(worker: Any, mixture: Mixture) -> None:
 
     Raises :class:`~search.study.trial.CandidateFailure` when the weights hold NaN/inf.
     """
-    from search.study.trial import CandidateFailure, first_non_finite
-
-    worker.current = None
-    state = worker.model.state_dict()
-    with torch.no_grad():
+    def fill(state: dict[str, torch.Tensor]) -> None:
         for name in worker.parents.base:
             mixed_tensor(worker.parents, mixture, name, out=state[name])
-    bad = first_non_finite(worker.model, worker.parents.names)
-    if bad is not None:
-        raise CandidateFailure(f"mixed weights hold NaN/inf (first in {bad})")
-    # Worker.score() only checks that some candidate is loaded; the first ingredient stands for the mixture.
-    worker.current = mixture[0][0]
+
+    worker.load_weights(fill, label=mixture)

@@ -74,13 +74,13 @@ class Item(_Record):
                                 "uniform-soup (also the export folder's name).")
     kind: ItemKind
     label: str = Field(description="What a person reads in the report.")
-    method: str = Field(description="The merge method, or 'mixture of <methods>' for interpolations and soups.")
+    method: str = Field(description="The merge method, or 'mixture of <methods>' (interpolations, soups).")
     parts: list[Part] = Field(min_length=1, description="Weights = sum of coefficient x merge(specs[ref]).")
     frontier: bool = Field(False, description="On the search-split frontier (Pareto front, or top k).")
     baseline: str | None = Field(None, description="The hand-set baseline's name.")
     alpha: float | None = Field(None, description="Interpolations: 0 is the first end, 1 the second.")
-    ends: tuple[str, str] | None = Field(None, description="Interpolations: the refs of the two frontier points.")
-    search: dict[str, float] = Field(default_factory=dict, description="Objective -> score on the search split.")
+    ends: tuple[str, str] | None = Field(None, description="Interpolations: the two frontier points' refs.")
+    search: dict[str, float] = Field(default_factory=dict, description="Objective -> search-split score.")
     heldout: dict[str, float] = Field(default_factory=dict, description="Objective -> score on held-out.")
     search_value: float | None = Field(None, description="Weighted sum of the search scores.")
     heldout_value: float | None = Field(None, description="Weighted sum of the held-out scores.")
@@ -92,17 +92,19 @@ class Item(_Record):
 
 
 class SoupStep(_Record):
+    """One greedy-soup candidate: the soup's weighted search value with it (None: it failed), kept or not."""
+
     ref: str
-    score: float
+    score: float | None
     accepted: bool
 
 
 class Options(_Record):
     """The knobs of ``search select``."""
 
-    top_k: int = Field(5, ge=1, description="Frontier size with one objective (the k best trials).")
-    max_front: int = Field(6, ge=2, description="At most this many Pareto points (evenly spaced, ends kept).")
-    alphas: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75], description="Interpolation points.")
+    top_k: int = Field(5, ge=1, description="Frontier size in weighted mode (the k best weighted sums).")
+    max_front: int = Field(6, ge=2, description="Pareto mode: most front points kept (evenly spaced, ends).")
+    alphas: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75], description="Interpolation at.")
     soup_size: int = Field(8, ge=1, description="Candidates (best by search score) the soups draw from.")
 
 
@@ -128,7 +130,7 @@ class Selection(_Record):
     created: str
     run_dir: str
     mode: Literal["weighted", "pareto"]
-    value_direction: Direction = Field(description="Direction of the weighted sum (search_value, heldout_value).")
+    value_direction: Direction = Field(description="Direction of the weighted sums (search/heldout_value).")
     objectives: list[ObjectiveInfo]
     options: Options
     specs: dict[str, MergeSpec] = Field(description="ref -> merge spec of every candidate an item uses.")

@@ -1,8 +1,8 @@
 """Score mixtures of candidates with one :class:`~search.study.trial.Worker`, in the search or held-out phase.
 
-Each objective reads the split the space gives it for the phase (``search_split`` / ``heldout_split``), as the
-worker does during the search. A mixture scored once is never scored again (the cache is keyed on its candidates
-and coefficients).
+Each objective reads the split the space gives it for the phase (``search_split`` / ``heldout_split``), as
+the worker does during the search. A mixture scored once is never scored again (the cache is keyed on its
+candidates and coefficients).
 
 >>> scorer = Scorer(worker, specs)                                     # doctest: +SKIP
 >>> scorer.heldout([("trial:12", 1.0)])                                # doctest: +SKIP
@@ -31,7 +31,8 @@ def mixture_key(parts: Parts) -> tuple[tuple[str, float], ...]:
 class Scorer:
     """Loads a mixture of candidates into the worker's model and scores it, once per mixture and phase."""
 
-    def __init__(self, worker: Any, specs: dict[str, MergeSpec], on_score: Callable[[], None] | None = None) -> None:
+    def __init__(self, worker: Any, specs: dict[str, MergeSpec],
+                 on_score: Callable[[], None] | None = None) -> None:
         self.worker = worker
         self.specs = specs
         self.on_score = on_score or (lambda: None)

@@ -2,9 +2,9 @@
 
 Works from the run folder alone (the study storage and ``resolved.json``), so it can be re-run at any time:
 
-1. the frontier of the complete candidates (trials and hand-set baselines) on the search split: the Pareto front
-   with several objectives (at most ``max_front`` points, ends and the best weighted sum kept), the ``top_k``
-   best with one;
+1. the frontier of the complete candidates (trials and hand-set baselines) on the search split: the Pareto
+   front of a multi-objective study (``optimize: pareto``; at most ``max_front`` points, ends and the best
+   weighted sum kept), the ``top_k`` best by the weighted sum when the study has one objective (``weighted``);
 2. rewarded-soup interpolations between neighbouring frontier points and between the two ends;
 3. the greedy soup and the uniform soup of the ``soup_size`` best candidates;
 4. every item above and every baseline scored on the held-out split; the winner is the best weighted sum of
@@ -20,6 +20,7 @@ The result is ``RUN_DIR/selection.json`` (:mod:`search.selection.record`) and th
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,7 +48,7 @@ from search.selection.soups import greedy_soup, uniform
 
 
 def value_direction(space: Space) -> str:
-    """Direction of the weighted sum: the objectives' common direction, else maximize (minimised ones negated)."""
+    """The weighted sum's direction: the objectives' common one, else maximize (minimised ones negated)."""
     dirs = {o.direction for o in space.objectives}
     return dirs.pop() if len(dirs) == 1 else "maximize"
 
@@ -84,7 +85,8 @@ def load_study(run_dir: Path, space: Space) -> Any:
 
 
 def run_facts(space: Space, study: Any) -> RunFacts:
-    """Trials done, pruned, failed (with reasons), baselines, wall time and speed, as `search status` counts."""
+    """Trials done, pruned, failed (with reasons), baselines, wall time and speed, as `search status` counts
+    them."""
     from search.study.progress import status_of
 
     status = status_of(space, study)
@@ -103,7 +105,7 @@ def run_facts(space: Space, study: Any) -> RunFacts:
 class Candidates:
     """Every complete candidate with a spec and every search score, by ref; one per distinct spec (the first).
 
-    Trials (sampled or baseline) are ``trial:N``; baselines the study keeps outside its trials ``baseline:NAME``.
+    Trials (sampled or baseline) are ``trial:N``; baselines kept outside the trials are ``baseline:NAME``.
     """
 
     def __init__(self, space: Space, study: Any) -> None:
@@ -126,7 +128,8 @@ class Candidates:
             if baseline:
                 self.baseline[ref] = baseline
 
-        for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        for t in sorted(complete, key=lambda t: t.number):
             if "spec" in t.user_attrs:
                 add(trial_ref(t.number), t.user_attrs["spec"],
                     {n: t.user_attrs[f"search.{n}"] for n in names if f"search.{n}" in t.user_attrs},
@@ -143,9 +146,9 @@ class Candidates:
 
 
 def frontier(space: Space, cands: Candidates, options: Options) -> list[str]:
-    """Frontier refs: ordered along the Pareto front (several objectives) or best first (one objective)."""
+    """Frontier refs: ordered along the Pareto front (pareto mode) or best first (weighted mode)."""
     ranked = cands.ranked(value_direction(space) == "maximize")
-    if len(space.objectives) == 1:
+    if space.mode == "weighted" or len(space.objectives) == 1:
         return ranked[:options.top_k]
     points = [[cands.search[r][o.name] for o in space.objectives] for r in cands.refs]
     on_front = pareto_front(points, maximize=[o.direction == "maximize" for o in space.objectives])
@@ -212,7 +215,8 @@ def select_run(run_dir: str | Path, *, progress: bool = True, options: Options |
             name = cands.baseline.get(ref)
             spec = cands.specs[ref]
             items.append(scored(Item(
-                id=f"baseline-{name}" if name else f"trial-{ref_label(ref)[1:]}", kind="baseline" if name else "trial",
+                id=f"baseline-{name}" if name else f"trial-{_short(ref)}",
+                kind="baseline" if name else "trial",
                 label=f"baseline {name}" if name else f"{ref_label(ref)} {spec.method}", method=spec.method,
                 parts=[Part(ref=ref, coefficient=1.0)], frontier=ref in front, baseline=name,
                 search=cands.search[ref], search_value=cands.value[ref]), search=False))
@@ -223,10 +227,11 @@ def select_run(run_dir: str | Path, *, progress: bool = True, options: Options |
             for alpha in alphas:
                 parts = interpolation_parts(a, b, alpha)
                 items.append(scored(Item(
-                    id=f"interp-{_short(a)}-{_short(b)}-a{alpha:.2f}", kind="interpolation",
+                    id=f"interp-{_short(a)}-{_short(b)}-a{alpha:g}", kind="interpolation",
                     label=f"{ref_label(a)} → {ref_label(b)} at α={alpha:g}",
                     method=_method([cands.specs[a], cands.specs[b]]),
-                    parts=[Part(ref=r, coefficient=c) for r, c in parts], alpha=alpha, ends=(a, b)), search=True))
+                    parts=[Part(ref=r, coefficient=c) for r, c in parts], alpha=alpha, ends=(a, b)),
+                    search=True))
         seconds["interpolation"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -238,7 +243,8 @@ def select_run(run_dir: str | Path, *, progress: bool = True, options: Options |
                     return float("-inf") if maximize else float("inf")
 
             soup, _, steps = greedy_soup(pool, cands.value[pool[0]], soup_value, maximize=maximize)
-            log = [SoupStep(ref=s.ref, score=s.score, accepted=s.accepted) for s in steps]
+            log = [SoupStep(ref=s.ref, score=s.score if math.isfinite(s.score) else None, accepted=s.accepted)
+                   for s in steps]
             for kind, refs in (("greedy_soup", soup), ("uniform_soup", pool)):
                 listed = ", ".join(ref_label(r) for r in refs)
                 name = kind.replace("_", " ")

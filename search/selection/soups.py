@@ -26,11 +26,12 @@ class SoupStep:
 
 
 def greedy_soup(ranked: Sequence[str], first_score: float, score_of: Callable[[list[str]], float], *,
-                maximize: bool, max_ingredients: int | None = None) -> tuple[list[str], float, list[SoupStep]]:
+                maximize: bool, max_ingredients: int | None = None
+                ) -> tuple[list[str], float, list[SoupStep]]:
     """Ingredients, search score and the log of the greedy soup over ``ranked`` (best first).
 
-    ``first_score`` is the best candidate's own search score; each later candidate is added when the soup with it
-    scores at least as well (``>=`` when maximizing, ``<=`` when minimizing) as the soup without it.
+    ``first_score`` is the best candidate's own search score; each later candidate is added when the soup with
+    it scores at least as well (``>=`` when maximizing, ``<=`` when minimizing) as the soup without it.
     """
     if not ranked:
         raise ValueError("a greedy soup needs at least one candidate")

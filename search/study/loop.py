@@ -328,8 +328,10 @@ class Driver:
                              f"{self.run_dir}`")
 
 
-def run_study(loaded: LoadedSpace, *, backend: Backend | None = None, progress: bool = True) -> RunSummary:
-    """Start or resume the study of a space: validate everything, then run to the budget."""
+def run_study(loaded: LoadedSpace, *, backend: Backend | None = None, progress: bool = True,
+              select: bool = False) -> RunSummary:
+    """Start or resume the study of a space: validate everything, run to the budget, then (``select``) pick,
+    re-score on held-out data and write the report (``search select``)."""
     from search.merging.oneshot import load_layout
     from search.study.trial import WorkerConfig
 
@@ -346,7 +348,13 @@ def run_study(loaded: LoadedSpace, *, backend: Backend | None = None, progress: 
         with storage.run_lock(run_dir):
             driver = Driver(loaded, run_dir, backend, plan, progress=progress)
             driver.recover()
-            return driver.run()
+            summary = driver.run()
+            if select:
+                from search.selection.select import select_run
+
+                # the in-process worker already holds the parents: selection reuses it
+                select_run(run_dir, progress=progress, worker=getattr(backend, "worker", None))
+            return summary
     finally:
         backend.close()
 

@@ -16,6 +16,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -121,6 +122,17 @@ class Worker:
         self.current = spec
         return time.perf_counter() - t0
 
+    def load_weights(self, fill: Callable[[dict[str, torch.Tensor]], None], label: Any) -> None:
+        """Write weights made elsewhere (a soup, an interpolation) into the working model in place, then mark
+        them loaded as ``label``. ``fill`` receives the model's state dict; NaN/inf weights fail the candidate."""
+        self.current = None
+        with torch.no_grad():
+            fill(self.model.state_dict())
+        bad = first_non_finite(self.model, self.parents.names)
+        if bad is not None:
+            raise CandidateFailure(f"weights hold NaN/inf (first in {bad})")
+        self.current = label
+
     def num_docs(self, split: str) -> dict[str, int]:
         return {name: self._evaluators[key].num_docs(split) for name, key in self._objective_key.items()}
 
@@ -139,7 +151,8 @@ class Worker:
             key, split = self._objective_key[obj.name], obj.split_for(phase)
             if (key, split) not in results:
                 evaluator = self._evaluators[key]
-                limit = 1 if check_metrics else slice_size(evaluator.num_docs(split), fraction)
+                n = evaluator.num_docs(split)
+                limit = min(n, 16) if check_metrics else slice_size(n, fraction)  # 16: every task of a group
                 results[(key, split)] = evaluator.score(self.model, self.tokenizer, split, limit=limit)
         out: dict[str, float] = {}
         for i, obj in enumerate(self.config.objectives):

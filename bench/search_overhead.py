@@ -1,0 +1,194 @@
+"""Where a trial's time goes, what early stopping saves, and how much faster than the on-disk path we are.
+
+    .venv/bin/python bench/search_overhead.py            # on spaces/demo.yaml, ~5 min on 2 CPU cores
+
+Printed, each measured in this one run:
+
+1. the fraction of trial wall time NOT spent in the model's own forward passes (measured with forward hooks on the
+   working model, over a real run of the trial loop: ask, merge, score, tell, journal writes);
+2. the evaluation compute saved by early stopping: total evaluation seconds of a run with the median pruner
+   against the same run (same seed, same budget) without a pruner, and the held-out score of each run's best
+   trial (the saving only counts if that stays equal);
+3. the per-trial speed-up over the on-disk path a mergekit-evolve user takes today: mergekit merges the candidate
+   to a folder, lm-eval loads it by path and scores it (fresh process state each time, as mergekit-evolve does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from search.backends.inprocess import InProcessBackend  # noqa: E402
+from search.config.space import load_space  # noqa: E402
+from search.merging.spec import MergeSpec  # noqa: E402
+from search.study.loop import run_study  # noqa: E402
+from search.study.trial import WorkerConfig  # noqa: E402
+
+
+class ForwardTimer:
+    """Seconds spent inside ``model.forward`` (public module hooks; nothing is patched)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self._t0 = 0.0
+        model.register_forward_pre_hook(self._pre)
+        model.register_forward_hook(self._post)
+
+    def _pre(self, *_: object) -> None:
+        self._t0 = time.perf_counter()
+
+    def _post(self, *_: object) -> None:
+        self.seconds += time.perf_counter() - self._t0
+        self.calls += 1
+
+
+def run(space_path: Path, out: Path, *, trials: int, pruner: dict | None) -> tuple[object, float, ForwardTimer]:
+    data = yaml.safe_load(space_path.read_text())
+    data["budget"] = {"trials": trials}
+    data["baselines"] = False
+    if pruner is not None:
+        data["pruner"] = pruner
+    for key in ("base_model",):
+        data[key] = str((space_path.parent / data[key]).resolve())
+    data["models"] = {k: str((space_path.parent / v).resolve()) for k, v in data["models"].items()}
+    for obj in data["objectives"]:
+        if "include_path" in obj["evaluator"]:
+            obj["evaluator"]["include_path"] = str((space_path.parent / obj["evaluator"]["include_path"]).resolve())
+    file = out.parent / f"{out.name}.yaml"
+    file.write_text(yaml.safe_dump(data))
+    loaded = load_space(file, output=out)
+    backend = InProcessBackend(WorkerConfig.from_space(loaded))
+    backend.start()
+    assert backend.worker is not None
+    timer = ForwardTimer(backend.worker.model)
+    t0 = time.perf_counter()
+    summary = run_study(loaded, backend=backend, progress=False)
+    wall = time.perf_counter() - t0
+    return (loaded, summary, backend), wall, timer
+
+
+def study_of(run_dir: Path):
+    import optuna
+
+    from search.study.storage import STUDY_NAME, open_storage
+
+    return optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir))
+
+
+def eval_seconds(run_dir: Path) -> tuple[float, float]:
+    trials = study_of(run_dir).get_trials(deepcopy=False)
+    return (sum(t.user_attrs.get("eval_seconds", 0.0) for t in trials),
+            sum(t.user_attrs.get("merge_seconds", 0.0) for t in trials))
+
+
+def best_heldout(run_dir: Path, backend: InProcessBackend) -> tuple[float, float]:
+    """(search value, held-out weighted score) of the run's best complete trial."""
+    from search.config.space import Space
+    from search.study.loop import scalarize
+    from search.study.storage import load_run_space
+
+    space: Space = load_run_space(run_dir)
+    best = study_of(run_dir).best_trial
+    spec = MergeSpec.model_validate_json(best.user_attrs["spec"])
+    assert backend.worker is not None
+    backend.worker.merge(spec)
+    return best.value, scalarize(space, backend.worker.score("heldout"))
+
+
+MERGE_AND_SCORE = """
+import sys, time, json, yaml
+t0 = time.perf_counter()
+from mergekit.config import MergeConfiguration
+from mergekit.merge import MergeOptions, run_merge
+import lm_eval
+from lm_eval.tasks import TaskManager
+recipe, out, tasks, include = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4]
+run_merge(MergeConfiguration.model_validate(yaml.safe_load(open(recipe))), out,
+          options=MergeOptions(quiet=True, write_model_card=False, copy_tokenizer=True))
+t1 = time.perf_counter()
+res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={out},dtype=float32", tasks=tasks,
+                              task_manager=TaskManager(include_path=include), device="cpu", batch_size=64,
+                              limit=None)
+t2 = time.perf_counter()
+print(json.dumps({"merge": t1 - t0, "eval": t2 - t1}))
+"""
+
+
+def on_disk_seconds(loaded, spec: MergeSpec, work: Path) -> tuple[float, float]:
+    """Wall seconds of one candidate merged by mergekit to a folder and scored by lm-eval from that path."""
+    import json
+    import subprocess
+
+    space = loaded.space
+    recipe = {"merge_method": spec.method, "base_model": str(loaded.base_model), "dtype": "float32",
+              "models": [{"model": str(loaded.models[name]), "parameters": params}
+                         for name, params in zip(space.models, spec.model_parameters)]}
+    if spec.parameters:
+        recipe["parameters"] = spec.parameters
+    path = work / "candidate.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    tasks = [o.evaluator["task"] for o in space.objectives]
+    include = str(Path(loaded.file).parent / space.objectives[0].evaluator["include_path"])
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", MERGE_AND_SCORE, str(path), str(work / "merged"), ",".join(tasks),
+                           include], capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - t0
+    inner = json.loads(proc.stdout.strip().splitlines()[-1])
+    shutil.rmtree(work / "merged", ignore_errors=True)
+    return wall, inner["merge"] + inner["eval"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--space", type=Path, default=ROOT / "spaces" / "demo.yaml")
+    ap.add_argument("--trials", type=int, default=30)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="search-overhead-"))
+
+    (loaded, summary, backend), wall, timer = run(args.space, work / "pruned", trials=args.trials,
+                                                  pruner={"name": "median", "slices": [0.25, 1.0],
+                                                          "args": {"n_startup_trials": 8}})
+    not_forward = 1 - timer.seconds / wall
+    ev_p, merge_p = eval_seconds(work / "pruned")
+    print(f"[1] trial loop: {summary.finished} trials in {wall:.1f} s ({wall / summary.finished:.2f} s/trial); "
+          f"forward passes {timer.seconds:.1f} s ({timer.calls} calls); merging {merge_p:.2f} s")
+    print(f"    fraction of trial wall time not in the model's forward passes: {not_forward:.1%}  (target < 5%)")
+    search_p, held_p = best_heldout(work / "pruned", backend)
+
+    (_, summary_n, backend_n), wall_n, _ = run(args.space, work / "unpruned", trials=args.trials,
+                                               pruner={"name": "none", "slices": [1.0]})
+    ev_n, _ = eval_seconds(work / "unpruned")
+    search_n, held_n = best_heldout(work / "unpruned", backend_n)
+    print(f"[2] evaluation seconds with median pruning {ev_p:.1f} vs without {ev_n:.1f}: saved {1 - ev_p / ev_n:.1%} "
+          f"(target >= 40%); pruned {summary.pruned}/{summary.finished}")
+    print(f"    best trial: search {search_p:.4f} / held-out {held_p:.4f} (pruned run) vs search {search_n:.4f} / "
+          f"held-out {held_n:.4f} (unpruned run)")
+
+    best = study_of(work / "pruned").best_trial
+    spec = MergeSpec.model_validate_json(best.user_attrs["spec"])
+    ours = (best.user_attrs["merge_seconds"] + best.user_attrs["eval_seconds"])
+    disk_wall, disk_inner = on_disk_seconds(loaded, spec, work)
+    print(f"[3] one candidate, in memory (merge + score): {ours:.2f} s; on disk (mergekit to folder, lm-eval by "
+          f"path): {disk_wall:.1f} s wall ({disk_inner:.1f} s after imports)")
+    print(f"    speed-up per trial: {disk_wall / ours:.1f}x wall, {disk_inner / ours:.1f}x excluding process start "
+          f"(target >= 30x)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
