@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import torch
 
-from search.methods.base import MergeMethod, ParamSpec, TensorParams, global_value, model_rows, model_values
+from search.methods.base import MergeMethod, ParamSpec, TensorParams, global_value
 from search.methods.task_vectors import (
     WEIGHT,
     add_update,
     lambda_spec,
     polar,
+    task_inputs,
     task_vector_mean,
     weighted_sum,
     work_dtype,
@@ -55,12 +56,9 @@ def iso_c_merge(
     base: torch.Tensor, deltas: torch.Tensor, params: TensorParams, seed: int | None, out: torch.Tensor | None
 ) -> torch.Tensor:
     """ISO-C on 2-D tensors, the task-arithmetic mean elsewhere."""
-    k = deltas.shape[0]
-    rows = model_rows(params, k)
+    rows, weights, lam = task_inputs(params, deltas.shape[0], LAMBDA)
     if not rows:
         return base
-    weights = model_values(params, WEIGHT, k)
-    lam = float(global_value(params, LAMBDA))
     if base.dim() != 2:
         return task_vector_mean(base, deltas, rows, weights, lam, out)
     total = weighted_sum(deltas, rows, weights, work_dtype(base.dtype))
@@ -79,12 +77,9 @@ def iso_cts_merge(
     base: torch.Tensor, deltas: torch.Tensor, params: TensorParams, seed: int | None, out: torch.Tensor | None
 ) -> torch.Tensor:
     """ISO-CTS on 2-D tensors, the task-arithmetic mean elsewhere."""
-    k = deltas.shape[0]
-    rows = model_rows(params, k)
+    rows, weights, lam = task_inputs(params, deltas.shape[0], LAMBDA)
     if not rows:
         return base
-    weights = model_values(params, WEIGHT, k)
-    lam = float(global_value(params, LAMBDA))
     if base.dim() != 2:
         return task_vector_mean(base, deltas, rows, weights, lam, out)
     dtype = work_dtype(base.dtype)

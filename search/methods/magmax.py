@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from search.methods.base import MergeMethod, TensorParams, global_value, model_rows, model_values
-from search.methods.task_vectors import WEIGHT, lambda_spec
+from search.methods.base import MergeMethod, TensorParams
+from search.methods.task_vectors import WEIGHT, lambda_spec, task_inputs
 
 LAMBDA = lambda_spec(0.3, 1.5)
 
@@ -29,12 +29,9 @@ def magmax_merge(
     base: torch.Tensor, deltas: torch.Tensor, params: TensorParams, seed: int | None, out: torch.Tensor | None
 ) -> torch.Tensor:
     """Keep, per parameter, the largest-magnitude (weighted) task-vector entry."""
-    k = deltas.shape[0]
-    rows = model_rows(params, k)
+    rows, weights, lam = task_inputs(params, deltas.shape[0], LAMBDA)
     if not rows:
         return base
-    weights = model_values(params, WEIGHT, k)
-    lam = float(global_value(params, LAMBDA))
     # One elementwise pass per model (an argmax across a stacked dim 0 is ~100x slower on CPU).
     first = rows[0]
     picked = torch.mul(deltas[first], weights[first])

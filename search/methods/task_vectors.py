@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from search.methods.base import ParamSpec
+from search.methods.base import ParamSpec, TensorParams, global_value, model_rows, model_values
 from search.methods.linear import add_weighted_deltas
 
 WEIGHT = ParamSpec(
@@ -34,6 +34,11 @@ def lambda_spec(search_low: float, search_high: float) -> ParamSpec:
         "lambda", default=1.0, low=-10.0, high=10.0, search_low=search_low, search_high=search_high,
         doc="global scale of the merged task vector (the paper's alpha)",
     )
+
+
+def task_inputs(params: TensorParams, k: int, lam: ParamSpec) -> tuple[list[int], list[float], float]:
+    """The rows to merge (the base's rows left out), every model's weight, and lambda."""
+    return model_rows(params, k), model_values(params, WEIGHT, k), float(global_value(params, lam))
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -24,8 +24,16 @@ from __future__ import annotations
 
 import torch
 
-from search.methods.base import MergeMethod, TensorParams, global_value, model_rows, model_values
-from search.methods.task_vectors import WEIGHT, add_update, lambda_spec, polar, task_vector_mean, work_dtype
+from search.methods.base import MergeMethod, TensorParams
+from search.methods.task_vectors import (
+    WEIGHT,
+    add_update,
+    lambda_spec,
+    polar,
+    task_inputs,
+    task_vector_mean,
+    work_dtype,
+)
 
 LAMBDA = lambda_spec(0.5, 1.5)
 
@@ -34,12 +42,9 @@ def tsv_merge(
     base: torch.Tensor, deltas: torch.Tensor, params: TensorParams, seed: int | None, out: torch.Tensor | None
 ) -> torch.Tensor:
     """TSV-M on 2-D tensors, the task-arithmetic mean elsewhere."""
-    k = deltas.shape[0]
-    rows = model_rows(params, k)
+    rows, weights, lam = task_inputs(params, deltas.shape[0], LAMBDA)
     if not rows:
         return base
-    weights = model_values(params, WEIGHT, k)
-    lam = float(global_value(params, LAMBDA))
     if base.dim() != 2:
         return task_vector_mean(base, deltas, rows, weights, lam, out)
     keep = max(1, min(base.shape) // len(rows))
