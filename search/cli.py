@@ -16,6 +16,7 @@ Bad input exits with code 2 and a message naming the file, the field and the fix
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -247,6 +248,8 @@ def _load_study(run_dir: Path, space: object) -> object:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into exit code 2."""
+    # lm-eval and transformers draw a tqdm bar per call (hundreds per run); our rich progress says it all.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         rc = app(args=argv, standalone_mode=False)
         if isinstance(rc, int) and rc != 0:  # typer.Exit(code) is returned, not raised, without standalone mode

@@ -111,7 +111,7 @@ def test_task_files_are_current_and_splits_disjoint(tmp_path: Path) -> None:
     written = write_tasks(tmp_path)
     for path in written:
         bundled = demo_tasks_dir() / path.relative_to(tmp_path)
-        assert bundled.read_bytes() == path.read_bytes(), f"{bundled} is stale: run python -m search.demo.tasks"
+        assert bundled.read_bytes() == path.read_bytes(), f"{bundled}: stale, run python -m search.demo.tasks"
     for task in [*GENERATIVE_TASKS.values(), TEXT_TASK]:
         rows = {s: [json.loads(x) for x in (demo_tasks_dir() / task / f"{s}.jsonl").read_text().splitlines()]
                 for s in SPLITS}

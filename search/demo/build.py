@@ -1,6 +1,6 @@
 """Build the demo world end to end: pretrain the base, fine-tune one model a skill, save HF folders.
 
-    python -m search.demo.build --out search/demo/models --seed 0          # the bundled world (~6 min, 1 core)
+    python -m search.demo.build --out search/demo/models --seed 0    # the bundled world (~7 min, 1 core)
     python -m search.demo.build --out /tmp/w --base-from search/demo/models/demo-base   # fine-tunes only
 
 Every folder gets model.safetensors (fp32), config.json, generation_config.json and the same tokenizer files,
@@ -34,7 +34,8 @@ def save_model(model: LlamaForCausalLM, folder: Path, tokenizer_files: list[Path
         shutil.copyfile(f, folder / f.name)
 
 
-def build_world(out: Path, *, seed: int = 0, threads: int = 1, pretrain_cfg: PretrainConfig = PretrainConfig(),
+def build_world(out: Path, *, seed: int = 0, threads: int = 1,
+                pretrain_cfg: PretrainConfig = PretrainConfig(),
                 finetune_cfg: FinetuneConfig = FinetuneConfig(), base_from: Path | None = None,
                 log_every: int = 200) -> dict[str, float]:
     """Build (or rebuild) every demo model under ``out``; returns seconds spent per stage."""

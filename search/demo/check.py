@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nbest hand-set: {best_hand} {mean_exact(results[best_hand]):.3f}; λ search gains {gap:+.3f}")
     for skill in skills:
         others = max(results[o][skill].exact for o in skills if o != skill)
-        print(f"  {skill}: own fine-tune {results[skill][skill].exact:.2f}, best other fine-tune {others:.2f}, "
+        print(f"  {skill}: own fine-tune {results[skill][skill].exact:.2f}, "
+              f"best other fine-tune {others:.2f}, "
               f"base {results['base'][skill].exact:.2f}")
     print(f"conflicting pair {CONFLICT}; done in {time.perf_counter() - t0:.1f}s")
 

@@ -78,7 +78,7 @@ GROUPS: tuple[str, ...] = ("embed", "lower", "upper", "head")
 
 
 def grouped_task_arithmetic(world: World, lambdas: Mapping[str, Mapping[str, float]]) -> StateDict:
-    """``base + Σ λ_(i,g) δ_i`` with one λ per fine-tune ``i`` and layer group ``g`` (see :func:`layer_group`)."""
+    """``base + Σ λ_(i,g) δ_i``: one λ per fine-tune ``i`` and layer group ``g`` (:func:`layer_group`)."""
     layers = world.model.config.num_hidden_layers
     out = {}
     for k, b in world.base.items():
@@ -108,8 +108,10 @@ def method_merge(world: World, method: str, per_model: Mapping[str, float],
     return out
 
 
-#: The hand-set merges of the table and the check: label -> how to make it.
 def hand_set_merges(world: World) -> dict[str, Callable[[], StateDict]]:
+    """The hand-set merges of the table and the check, label -> how to make it: the uniform soup, task
+    arithmetic at λ ∈ {0.3, 0.5, 0.7, 1.0}, TIES (density 0.2 as in its paper) and DARE-TIES (density 0.5),
+    both with weight 1 and the registry's other defaults."""
     skills = list(world.deltas)
     k = len(skills)
     merges: dict[str, Callable[[], StateDict]] = {
@@ -127,9 +129,14 @@ def hand_set_merges(world: World) -> dict[str, Callable[[], StateDict]]:
 def lambda_search(skills: list[str], value: Callable[[dict[str, float]], float], *, budget: int = 40,
                   start: float = 0.3, step: float = 0.1, low: float = 0.0, high: float = 1.3,
                   start_point: Mapping[str, float] | None = None) -> tuple[dict[str, float], float, int]:
-    """A per-fine-tune λ grid search by coordinate moves of ``step``: start at ``start`` for every
-    fine-tune (or at ``start_point``); try each fine-tune's λ one step down and up; keep a move when ``value`` improves; stop when a
-    round changes nothing or ``budget`` evaluations are spent. Returns (λs, value, evaluations).
+    """A per-fine-tune λ grid search by coordinate moves of ``step``.
+
+    Start at ``start`` for every key (or at ``start_point``); try each key's λ one step down and up; keep a
+    move when ``value`` improves; stop when a round changes nothing or ``budget`` evaluations are spent.
+    Returns (λs, best value, evaluations spent).
+
+    >>> lambda_search(["a"], lambda lam: -abs(lam["a"] - 0.6), budget=10)
+    ({'a': 0.6}, -0.0, 9)
     """
     best = dict(start_point) if start_point is not None else {s: start for s in skills}
     best_v = value(best)

@@ -57,7 +57,8 @@ def _mean(row: Mapping[str, float]) -> float:
     return sum(row.values()) / len(row)
 
 
-def build_rows(world: World, scorer: LmEvalScorer, budget: int = 40) -> tuple[dict[str, dict[str, float]], str]:
+def build_rows(world: World, scorer: LmEvalScorer, budget: int = 40
+               ) -> tuple[dict[str, dict[str, float]], str]:
     """Every row of the table (held-out exact match a skill) and a note on the λ search."""
     skills = list(FINETUNES)
     rows: dict[str, dict[str, float]] = {"base": scorer(None, "heldout")}
@@ -78,9 +79,19 @@ def render(rows: Mapping[str, Mapping[str, float]], note: str) -> str:
     skills = list(FINETUNES)
     head = "| model | " + " | ".join(f"`demo_{s}`" for s in skills) + " | mean |"
     lines = [
+        "Local tasks in `evaluators/tasks/demo_<skill>/` (written by `python -m search.demo.tasks`): "
+        "`demo_add` (`Q: 23+58 A:` → `81`), `demo_rev` (`rev abcd` → `dcba`), "
+        "`demo_up` (`up abcd` → `ABCD`), `demo_sort` (`sort dbca` → `abcd`), "
+        "`demo_title` (`up abcd` → `Abcd`: the same prompts as `demo_up`, "
+        "another answer). Each is generative with exact match (tag `demo`) and has a log-likelihood twin "
+        "`demo_<skill>_ll` (answer perplexity and greedy accuracy; tag `demo_ll`); `demo_text` is a "
+        "`loglikelihood_rolling` task on generated English. Every task has `validation_split: search` and "
+        "`test_split: heldout` (200 documents each, disjoint inputs); the data loads through `data.py` next "
+        "to the YAML, from any working directory.",
+        "",
         "Held-out exact match of the bundled demo models (`search/demo/models/`) and of merges of all five "
         "fine-tunes, scored through lm-eval in-process (`python -m search.demo.table` writes this block). "
-        f"`{CONFLICT[1]}` answers the same prompts as `{CONFLICT[0]}` differently: no model can have both.",
+        f"No model can be right on both `{CONFLICT[0]}` and `{CONFLICT[1]}`.",
         "",
         head,
         "| --- |" + " ---: |" * (len(skills) + 1),

@@ -131,7 +131,8 @@ def on_split(task: str, split: Split) -> dict[str, object]:
     """A ``TaskManager.load`` spec for ``task`` evaluated on ``split``.
 
     lm-eval evaluates a task's ``test_split`` (``heldout`` here); its public way to override a registered
-    task's config is a group entry, e.g. ``manager.load(on_split("demo_add", "search"))["tasks"]["demo_add"]``.
+    task's config is a group entry:
+    ``manager.load(on_split("demo_add", "search"))["tasks"]["demo_add"]``.
     """
     return {"group": f"demo::{task}::{split}", "task": [{"task": task, "test_split": split}]}
 
@@ -153,7 +154,8 @@ def write_tasks(out: Path, n: int = 200) -> list[Path]:
         folder = out / task
         desc = SKILLS[skill].description
         for split in SPLITS:
-            rows = [{"query": e.query, "prompt": e.prompt, "answer": e.answer, "continuation": f" {e.answer}\n"}
+            rows = [{"query": e.query, "prompt": e.prompt, "answer": e.answer,
+                     "continuation": f" {e.answer}\n"}
                     for e in eval_examples(skill, split, n)]
             put(folder / f"{split}.jsonl", _jsonl(rows))
         put(folder / "data.py", LOADER)

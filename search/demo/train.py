@@ -90,11 +90,10 @@ def llama_config(tok: PreTrainedTokenizerBase, shape: ModelShape = ModelShape())
 
 
 def generation_config(tok: PreTrainedTokenizerBase) -> GenerationConfig:
-    """Greedy decoding that stops at the end of the answer line."""
+    """Greedy decoding that stops at the end of the answer line (callers choose the length)."""
     newline = tok.convert_tokens_to_ids("\n")
     return GenerationConfig(
         do_sample=False,
-        max_new_tokens=16,
         bos_token_id=tok.bos_token_id,
         eos_token_id=[newline, tok.eos_token_id],
         pad_token_id=tok.pad_token_id,
