@@ -42,7 +42,8 @@ def magmax_merge(
         wins = magnitude > largest  # strict: the first model keeps ties
         picked = torch.where(wins, candidate, picked)
         largest = torch.maximum(largest, magnitude)
-    return torch.add(base, picked, alpha=lam, out=out)
+    # Not add(..., out=out): torch may round a half-precision alpha*x differently when writing into ``out``.
+    return torch.add(base, picked, alpha=lam)
 
 
 MAGMAX = MergeMethod(

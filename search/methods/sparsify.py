@@ -81,9 +81,8 @@ def random_mask(delta: torch.Tensor, density: float, generator: torch.Generator)
     """DARE drop: keep each entry independently with probability ``density``."""
     if density >= 1:
         return None
-    return torch.empty(delta.shape, dtype=torch.bool, device=delta.device).bernoulli_(
-        max(0.0, density), generator=generator
-    )
+    # P(U < p) = p: the same Bernoulli draw as bernoulli_(p), about 2x faster on CPU (measured)
+    return torch.rand(delta.shape, generator=generator, device=delta.device) < max(0.0, density)
 
 
 def della_problem(density: float, epsilon: float) -> str | None:
