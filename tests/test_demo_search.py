@@ -1,0 +1,53 @@
+"""The demo space through every real part: bundled models, lm-eval in-process, a journal storage, Optuna."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from search.config.space import load_space
+from search.study.baselines import recorded_baselines
+from search.study.loop import run_study
+from search.study.storage import STUDY_NAME, open_storage
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "spaces" / "demo.yaml"
+
+pytestmark = pytest.mark.skipif(not (ROOT / "search" / "demo" / "models" / "demo-base").exists(),
+                                reason="the demo models are not built (python -m search.demo.build)")
+
+
+def test_demo_space_small_budget(tmp_path: Path) -> None:
+    data = yaml.safe_load(DEMO.read_text())
+    # the same space, smaller: two skills, a short budget, and a pruner that may act from the first trial
+    data["base_model"] = str((DEMO.parent / data["base_model"]).resolve())
+    data["models"] = {k: str((DEMO.parent / v).resolve()) for k, v in data["models"].items() if k in ("add", "rev")}
+    data["objectives"] = [o for o in data["objectives"] if o["name"] in ("add", "rev")]
+    for o in data["objectives"]:
+        o["evaluator"]["include_path"] = str((DEMO.parent / o["evaluator"]["include_path"]).resolve())
+    data["budget"] = {"trials": 8}
+    data["pruner"] = {"name": "median", "slices": [0.25, 1.0], "args": {"n_startup_trials": 0}}
+    data["sampler"] = {"name": "tpe", "args": {"n_startup_trials": 4}}
+    space = tmp_path / "demo.yaml"
+    space.write_text(yaml.safe_dump(data))
+
+    summary = run_study(load_space(space, output=tmp_path / "run"), progress=False)
+
+    study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(tmp_path / "run"))
+    trials = study.get_trials(deepcopy=False)
+    sampled = [t for t in trials if "baseline" not in t.user_attrs]
+    baselines = {b.name: b for b in recorded_baselines(study)}
+    assert summary.finished == len(sampled) == 8
+    assert {"task_arithmetic_0.5", "ties", "dare_ties", "uniform_soup", "only_add", "only_rev"} <= set(baselines)
+    # each fine-tune alone is best at its own skill: the scores are real, not constants
+    assert baselines["only_add"].search["add"] > baselines["only_rev"].search["add"] + 0.2
+    assert baselines["only_rev"].search["rev"] > baselines["only_add"].search["rev"] + 0.2
+    assert any(t.state == TrialState.PRUNED for t in sampled), "no candidate was stopped early"
+    complete = [t for t in sampled if t.state == TrialState.COMPLETE]
+    assert complete and all(0.0 <= t.user_attrs["search.add"] <= 1.0 for t in complete)
+    pruned = [t for t in sampled if t.state == TrialState.PRUNED]
+    assert all(t.user_attrs["slices_scored"] == 1 for t in pruned), "a pruned candidate scored only its slice"
