@@ -208,3 +208,29 @@ def test_sigkill_then_resume_loses_nothing(world: Path) -> None:
     for t in interrupted:  # a trial killed mid-run is failed and retried once with the same parameters
         retry = [r for r in after if r.user_attrs.get("retry_of") == t.number]
         assert len(retry) == 1 and retry[0].params == t.params
+
+
+def test_pareto_study_with_front_pruning(world: Path) -> None:
+    from search.study.pruning import dominated_by_front
+
+    random.seed(1)
+    with open(world / "text2.jsonl", "w") as f:
+        for _ in range(40):
+            f.write(json.dumps({"text": " ".join("".join(random.choice("vwxyz") for _ in range(5))
+                                                 for _ in range(5))}) + "\n")
+    ppl = {"type": "perplexity", "max_length": 64}
+    space = write_space(world, objectives=[
+        {"name": "abc", "evaluator": {**ppl, "data": "text.jsonl"}, "metric": "perplexity", "direction": "minimize"},
+        {"name": "vwx", "evaluator": {**ppl, "data": "text2.jsonl"}, "metric": "perplexity", "direction": "minimize"}],
+        optimize="pareto", sampler={"name": "tpe"}, pruner={"name": "pareto", "slices": [0.3, 1.0]},
+        budget={"trials": 12})
+    run_study(load_space(space), progress=False)
+    study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(world / "run"))
+    assert len(study.directions) == 2 and study.metric_names == ["abc", "vwx"]
+    front = [t.user_attrs["partial_0"] for t in study.best_trials]
+    assert front and all(len(t.values) == 2 for t in study.best_trials)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        # a pruned candidate's partial scores were dominated by a trial of the front at the same slice
+        others = [o.user_attrs["partial_0"] for o in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if o.number < t.number]
+        assert dominated_by_front(t.user_attrs["partial_0"], others, [False, False], margin=0.0)
