@@ -105,6 +105,7 @@ def best_heldout(run_dir: Path, backend: InProcessBackend) -> tuple[float, float
     space: Space = load_run_space(run_dir)
     best = study_of(run_dir).best_trial
     spec = MergeSpec.model_validate_json(best.user_attrs["spec"])
+    backend.start()  # run_study closed it; this reloads the worker
     assert backend.worker is not None
     backend.worker.merge(spec)
     return best.value, scalarize(space, backend.worker.score("heldout"))
