@@ -1,23 +1,12 @@
-"""Load this task's splits (search.jsonl, heldout.jsonl next to this file) for lm-eval.
+"""This task's splits (search.jsonl, heldout.jsonl beside this file), for lm-eval.
 
 Written by `python -m search.demo.tasks`; the task YAMLs name it as `custom_dataset: !function data.load`.
 """
 
-from __future__ import annotations
-
-import json
 from pathlib import Path
-from typing import Any
 
-import datasets
-
-HERE = Path(__file__).resolve().parent
+from evaluators.local_data import load_jsonl_splits
 
 
-def load(**_: Any) -> datasets.DatasetDict:
-    """Both splits as a DatasetDict; lm-eval passes the task metadata as keywords, which are not needed."""
-    splits = {}
-    for split in ("search", "heldout"):
-        rows = [json.loads(line) for line in (HERE / f"{split}.jsonl").read_text().splitlines() if line]
-        splits[split] = datasets.Dataset.from_list(rows)
-    return datasets.DatasetDict(splits)
+def load(**_: object) -> object:  # lm-eval passes the task's metadata as keywords: not needed here
+    return load_jsonl_splits(Path(__file__).resolve().parent)
