@@ -139,13 +139,16 @@ class LmEvalEvaluator:
     def num_docs(self, split: SplitName) -> int:
         return len(self._order[check_split(split)])
 
-    def score(self, model: Any, tokenizer: Any, split: SplitName, limit: int | None = None) -> dict[str, float]:
+    def score(self, model: Any, tokenizer: Any, split: SplitName, limit: int | None = None,
+              start: int = 0) -> dict[str, float]:
+        """Metrics on documents ``[start, limit)`` of the split's fixed order (``start`` > 0: the next part of a
+        growing slice, see :meth:`combinable`)."""
         from lm_eval.evaluator import evaluate
 
         order = self._order[check_split(split)]
         check_device(model, self.device, self.name)
         chosen: dict[str, list[int]] = defaultdict(list)
-        for task_name, i in order[: resolve_limit(limit, len(order))]:
+        for task_name, i in order[start: resolve_limit(limit, len(order))]:
             chosen[task_name].append(i)
         tasks = {name: self._tasks[split][name] for name in chosen}
         for task in tasks.values():
@@ -165,6 +168,17 @@ class LmEvalEvaluator:
         assert results is not None  # rank 0 of a single process always gets results
         return self._metrics(results["results"], {name: len(ids) for name, ids in chosen.items()},
                              self._shared_metrics[split])
+
+    def combinable(self, metric: str) -> bool:
+        """Whether ``metric`` is a mean over documents (every task aggregates it with lm-eval's ``mean``), so
+        that its values on disjoint parts of a slice combine by their sizes: a growing slice then scores only
+        its new documents. Per-task keys (``task/metric``) and non-mean aggregations (perplexity) do not."""
+        from lm_eval.api.metrics import mean
+
+        if "/" in metric:
+            return False
+        base = metric.partition(",")[0]
+        return all(task.aggregation().get(base) is mean for task in self._tasks["search"].values())
 
     def tasks(self, split: SplitName) -> dict[str, Task]:
         """The lm-eval task objects scored on ``split`` (after a call, ``task.instances`` are its requests)."""

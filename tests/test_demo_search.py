@@ -51,3 +51,37 @@ def test_demo_space_small_budget(tmp_path: Path) -> None:
     assert complete and all(0.0 <= t.user_attrs["search.add"] <= 1.0 for t in complete)
     pruned = [t for t in sampled if t.state == TrialState.PRUNED]
     assert all(t.user_attrs["slices_scored"] == 1 for t in pruned), "a pruned candidate scored only its slice"
+
+
+def test_growing_slices_score_only_new_documents(tmp_path: Path) -> None:
+    """25 % then 100 %: the second call scores the other 75 % and combines; the result equals one full scoring."""
+    from search.merging.spec import MergeSpec
+    from search.study.trial import ObjectiveConfig, Worker, WorkerConfig
+
+    models = DEMO.parent / "../search/demo/models"
+    evaluator = {"type": "lm_eval", "task": "demo_add", "include_path": str((DEMO.parent / "../evaluators/tasks")
+                                                                             .resolve()), "batch_size": 64}
+    config = WorkerConfig(base_model=str((models / "demo-base").resolve()),
+                          models=(str((models / "demo-add").resolve()), str((models / "demo-rev").resolve())),
+                          model_names=("add", "rev"),
+                          objectives=(ObjectiveConfig("add", evaluator, "exact_match,strip"),),
+                          space_file=str(tmp_path / "space.yaml"))
+    worker = Worker(config)
+    ev = next(iter(worker._evaluators.values()))
+    calls: list[tuple[int | None, int]] = []
+    score = ev.score
+
+    def counting(model, tokenizer, split, limit=None, start=0):  # a spy on our own evaluator object
+        calls.append((limit, start))
+        return score(model, tokenizer, split, limit=limit, start=start)
+
+    ev.score = counting
+    spec = MergeSpec(method="task_arithmetic", model_parameters=({"weight": 0.6}, {"weight": 0.6}))
+    worker.merge(spec)
+    quarter = worker.score("search", 0.25)["add"]
+    grown = worker.score("search", 1.0)["add"]
+    assert calls == [(50, 0), (200, 50)], calls
+    worker.merge(spec)
+    full = worker.score("search", 1.0)["add"]
+    assert calls[-1] == (200, 0)
+    assert abs(grown - full) < 1e-12 and 0 < full < 1 and quarter != full

@@ -101,6 +101,7 @@ class Worker:
                                                         field=f"objectives[{i}].evaluator")
             self._objective_key[obj.name] = key
         self.current: MergeSpec | None = None
+        self._prefix: dict[tuple[str, str], tuple[int, dict[str, float]]] = {}  # per candidate: scored prefix
         try:  # a wrong metric name, or an evaluator that cannot score the base at all, is bad input: refuse it now
             self._score("search", 1.0, check_metrics=True)
         except UserError:
@@ -115,6 +116,7 @@ class Worker:
         """Merge ``spec`` into the working model in place; seconds taken. NaN/inf weights fail the candidate."""
         t0 = time.perf_counter()
         self.current = None
+        self._prefix.clear()
         self.parents.merge_into(self.model, spec)
         bad = first_non_finite(self.model, self.parents.names)
         if bad is not None:
@@ -126,12 +128,31 @@ class Worker:
         """Write weights made elsewhere (a soup, an interpolation) into the working model in place, then mark
         them loaded as ``label``. ``fill`` receives the model's state dict; NaN/inf weights fail the candidate."""
         self.current = None
+        self._prefix.clear()
         with torch.no_grad():
             fill(self.model.state_dict())
         bad = first_non_finite(self.model, self.parents.names)
         if bad is not None:
             raise CandidateFailure(f"weights hold NaN/inf (first in {bad})")
         self.current = label
+
+    def _score_slice(self, key: str, evaluator: Any, split: str, limit: int) -> dict[str, float]:
+        """Metrics on the first ``limit`` documents. When the candidate already scored a shorter prefix and every
+        metric its objectives read is a mean over documents, only the new documents are scored and combined:
+        growing slices (25 % then 100 %) cost the full split once, not 1.25 times."""
+        wanted = {o.metric for o in self.config.objectives if self._objective_key[o.name] == key}
+        done = self._prefix.get((key, split))
+        incremental = (done is not None and 0 < done[0] < limit and hasattr(evaluator, "combinable")
+                       and all(evaluator.combinable(m) for m in wanted))
+        if incremental:
+            assert done is not None
+            n_done, previous = done
+            new = evaluator.score(self.model, self.tokenizer, split, limit=limit, start=n_done)
+            metrics = combine_slices(previous, n_done, new, limit - n_done, wanted & set(previous) & set(new))
+        else:
+            metrics = evaluator.score(self.model, self.tokenizer, split, limit=limit)
+        self._prefix[(key, split)] = (limit, metrics)
+        return metrics
 
     def num_docs(self, split: str) -> dict[str, int]:
         return {name: self._evaluators[key].num_docs(split) for name, key in self._objective_key.items()}
@@ -152,8 +173,10 @@ class Worker:
             if (key, split) not in results:
                 evaluator = self._evaluators[key]
                 n = evaluator.num_docs(split)
-                limit = min(n, 16) if check_metrics else slice_size(n, fraction)  # 16: every task of a group
-                results[(key, split)] = evaluator.score(self.model, self.tokenizer, split, limit=limit)
+                if check_metrics:  # 16 documents: enough for every task of a group to show its metrics
+                    results[(key, split)] = evaluator.score(self.model, self.tokenizer, split, limit=min(n, 16))
+                else:
+                    results[(key, split)] = self._score_slice(key, evaluator, split, slice_size(n, fraction))
         out: dict[str, float] = {}
         for i, obj in enumerate(self.config.objectives):
             metrics = results[(self._objective_key[obj.name], obj.split_for(phase))]
@@ -171,6 +194,17 @@ class Worker:
                 raise CandidateFailure(f"objective '{obj.name}' scored {value}")
             out[obj.name] = value
         return out
+
+
+def combine_slices(previous: dict[str, float], n_previous: int, new: dict[str, float], n_new: int,
+                   metrics: set[str]) -> dict[str, float]:
+    """Means over ``n_previous`` and ``n_new`` disjoint documents, combined into the mean over all of them.
+
+    >>> combine_slices({"acc": 0.5}, 10, {"acc": 1.0}, 30, {"acc"})
+    {'acc': 0.875}
+    """
+    total = n_previous + n_new
+    return {m: (previous[m] * n_previous + new[m] * n_new) / total for m in metrics}
 
 
 def first_non_finite(model: torch.nn.Module, names: list[str]) -> str | None:
