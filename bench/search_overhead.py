@@ -175,10 +175,21 @@ def main() -> None:
                                                pruner={"name": "none", "slices": [1.0]})
     ev_n, _ = eval_seconds(work / "unpruned")
     search_n, held_n = best_heldout(work / "unpruned", backend_n)
-    print(f"[2] evaluation seconds with median pruning {ev_p:.1f} vs without {ev_n:.1f}: saved {1 - ev_p / ev_n:.1%} "
-          f"(target >= 40%); pruned {summary.pruned}/{summary.finished}")
-    print(f"    best trial: search {search_p:.4f} / held-out {held_p:.4f} (pruned run) vs search {search_n:.4f} / "
-          f"held-out {held_n:.4f} (unpruned run)")
+    print(f"[2] evaluation seconds without pruning: {ev_n:.1f}; best trial search {search_n:.4f} / held-out "
+          f"{held_n:.4f}")
+    print(f"    median, slices 25/100 %: {ev_p:.1f} s, saved {1 - ev_p / ev_n:.1%}; pruned {summary.pruned}/"
+          f"{summary.finished}; best trial search {search_p:.4f} / held-out {held_p:.4f}")
+    for label, pruner in (("median, slices 10/30/100 %", {"name": "median", "slices": [0.1, 0.3, 1.0],
+                                                          "args": {"n_startup_trials": 5}}),
+                          ("successive halving, 10/30/100 %", {"name": "successive_halving",
+                                                               "slices": [0.1, 0.3, 1.0],
+                                                               "args": {"min_resource": 1, "reduction_factor": 2}})):
+        folder = work / label.split(",")[0].replace(" ", "_")
+        (_, summ, back), _, _ = run(args.space, folder, trials=args.trials, pruner=pruner)
+        ev, _ = eval_seconds(folder)
+        s_best, h_best = best_heldout(folder, back)
+        print(f"    {label}: {ev:.1f} s, saved {1 - ev / ev_n:.1%} (target >= 40%); pruned {summ.pruned}/"
+              f"{summ.finished}; best trial search {s_best:.4f} / held-out {h_best:.4f}")
 
     best = study_of(work / "pruned").best_trial
     spec = MergeSpec.model_validate_json(best.user_attrs["spec"])
