@@ -11,12 +11,14 @@ which backend calls it; the driver (``loop.py``) turns its answers into reports,
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -144,13 +146,14 @@ class Worker:
         done = self._prefix.get((key, split))
         incremental = (done is not None and 0 < done[0] < limit and hasattr(evaluator, "combinable")
                        and all(evaluator.combinable(m) for m in wanted))
-        if incremental:
-            assert done is not None
-            n_done, previous = done
-            new = evaluator.score(self.model, self.tokenizer, split, limit=limit, start=n_done)
-            metrics = combine_slices(previous, n_done, new, limit - n_done, wanted & set(previous) & set(new))
-        else:
-            metrics = evaluator.score(self.model, self.tokenizer, split, limit=limit)
+        with quiet_progress_bars():
+            if incremental:
+                assert done is not None
+                n_done, previous = done
+                new = evaluator.score(self.model, self.tokenizer, split, limit=limit, start=n_done)
+                metrics = combine_slices(previous, n_done, new, limit - n_done, wanted & set(previous) & set(new))
+            else:
+                metrics = evaluator.score(self.model, self.tokenizer, split, limit=limit)
         self._prefix[(key, split)] = (limit, metrics)
         return metrics
 
@@ -194,6 +197,14 @@ class Worker:
                 raise CandidateFailure(f"objective '{obj.name}' scored {value}")
             out[obj.name] = value
         return out
+
+
+@contextlib.contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Hide the tqdm bars lm-eval draws on every call (it passes ``disable=False`` itself, so TQDM_DISABLE cannot):
+    they go to stderr, which is redirected for the call. Logging keeps its own stream and still shows."""
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        yield
 
 
 def combine_slices(previous: dict[str, float], n_previous: int, new: dict[str, float], n_new: int,
