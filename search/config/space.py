@@ -280,7 +280,7 @@ def load_space(path: str | Path, *, output: str | Path | None = None) -> LoadedS
 
     def resolve(value: str, field: str, must_exist: bool = True) -> Path:
         p = Path(value).expanduser()
-        p = p if p.is_absolute() else (root / p)
+        p = p if p.is_absolute() else (root / p).resolve()
         if must_exist and not p.exists():
             raise UserError(f"path '{value}' does not exist (resolved to {p})", file=path, field=field,
                             fix="give a local Hugging Face model folder, relative to the space file")
