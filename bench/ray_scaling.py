@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,31 +26,18 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def space_copy(space: Path, out: Path, trials: int, backend: str, workers: int) -> Path:
-    data = yaml.safe_load(space.read_text())
-    data.update(budget={"trials": trials}, baselines=False, pruner={"name": "none", "slices": [1.0]},
-                backend=backend, resources={"workers": workers, "cpus_per_worker": 1})
-    data["base_model"] = str((space.parent / data["base_model"]).resolve())
-    data["models"] = {k: str((space.parent / v).resolve()) for k, v in data["models"].items()}
-    for obj in data["objectives"]:
-        ev = obj["evaluator"]
-        for key in ("include_path", "data"):
-            if key in ev:
-                ev[key] = str((space.parent / ev[key]).resolve())
-    file = out.parent / f"{out.name}.yaml"
-    file.write_text(yaml.safe_dump(data))
-    return file
-
-
 def measure(space: Path, work: Path, name: str, trials: int, backend: str, workers: int) -> dict[str, float]:
     import optuna
+    from space_copy import space_copy
 
     from search.config.space import load_space
     from search.study.loop import run_study
     from search.study.storage import STUDY_NAME, open_storage
 
     out = work / name
-    loaded = load_space(space_copy(space, out, trials, backend, workers), output=out)
+    file = space_copy(space, out, budget={"trials": trials}, baselines=False, backend=backend,
+                      pruner={"name": "none", "slices": [1.0]}, resources={"workers": workers, "cpus_per_worker": 1})
+    loaded = load_space(file, output=out)
     t0 = time.perf_counter()
     run_study(loaded, progress=False)
     wall = time.perf_counter() - t0

@@ -32,6 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from space_copy import space_copy  # noqa: E402
+
 from search.backends.inprocess import InProcessBackend  # noqa: E402
 from search.config.space import load_space  # noqa: E402
 from search.merging.spec import MergeSpec  # noqa: E402
@@ -58,19 +60,10 @@ class ForwardTimer:
 
 
 def run(space_path: Path, out: Path, *, trials: int, pruner: dict | None) -> tuple[object, float, ForwardTimer]:
-    data = yaml.safe_load(space_path.read_text())
-    data["budget"] = {"trials": trials}
-    data["baselines"] = False
+    updates: dict = {"budget": {"trials": trials}, "baselines": False}
     if pruner is not None:
-        data["pruner"] = pruner
-    for key in ("base_model",):
-        data[key] = str((space_path.parent / data[key]).resolve())
-    data["models"] = {k: str((space_path.parent / v).resolve()) for k, v in data["models"].items()}
-    for obj in data["objectives"]:
-        if "include_path" in obj["evaluator"]:
-            obj["evaluator"]["include_path"] = str((space_path.parent / obj["evaluator"]["include_path"]).resolve())
-    file = out.parent / f"{out.name}.yaml"
-    file.write_text(yaml.safe_dump(data))
+        updates["pruner"] = pruner
+    file = space_copy(space_path, out, **updates)
     loaded = load_space(file, output=out)
     backend = InProcessBackend(WorkerConfig.from_space(loaded))
     backend.start()

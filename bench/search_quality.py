@@ -16,8 +16,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,25 +23,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def absolute_space(space: Path, out: Path, sampler: str, trials: int) -> Path:
-    data = yaml.safe_load(space.read_text())
-    data["base_model"] = str((space.parent / data["base_model"]).resolve())
-    data["models"] = {k: str((space.parent / v).resolve()) for k, v in data["models"].items()}
-    for obj in data["objectives"]:
-        for key in ("include_path", "data"):
-            if key in obj["evaluator"]:
-                obj["evaluator"][key] = str((space.parent / obj["evaluator"][key]).resolve())
-    data["sampler"] = {"name": sampler}
-    data["budget"] = {"trials": trials}
-    data["optimize"] = "weighted"
-    file = out.parent / f"{out.name}.yaml"
-    file.write_text(yaml.safe_dump(data))
-    return file
-
-
 def main() -> None:
     import optuna
     from optuna.trial import TrialState
+    from space_copy import space_copy
 
     from search.backends.inprocess import InProcessBackend
     from search.config.space import load_space
@@ -67,7 +50,9 @@ def main() -> None:
     best_baseline = None
     for sampler in args.samplers.split(","):
         out = work / sampler
-        loaded = load_space(absolute_space(args.space, out, sampler, args.trials), output=out)
+        file = space_copy(args.space, out, sampler={"name": sampler}, budget={"trials": args.trials},
+                          optimize="weighted")
+        loaded = load_space(file, output=out)
         if backend is None:
             backend = InProcessBackend(WorkerConfig.from_space(loaded))
         run_study(loaded, backend=backend, progress=True)

@@ -161,10 +161,9 @@ def trials(
     out: Path = typer.Option(None, "--out", help="write the table to .csv or .parquet instead of printing it"),
 ) -> None:
     """The trial table of a run (through pandas)."""
+    from search.study.baselines import recorded_baselines
     from search.study.progress import trials_frame
     from search.study.storage import load_run_space
-
-    from search.study.baselines import recorded_baselines
 
     space = load_run_space(run_dir)
     study = _load_study(run_dir, space)

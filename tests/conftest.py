@@ -19,3 +19,20 @@ def family(tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("family")
     return make_family(root, 3)
+
+
+@pytest.fixture()
+def single_thread():
+    """One intra-op torch thread: tiny tensors on a shared 2-core machine run several times faster so."""
+    from selection_world import one_thread
+
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, family: tuple[Path, list[Path]]) -> Path:
+    """A finished tiny Pareto study with its selection (built once per session, shared read-only)."""
+    from selection_world import selected_run
+
+    return selected_run(tmp_path_factory.mktemp("sel"), family)

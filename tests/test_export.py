@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from selection_world import one_thread, selected_run
 from tiny import load_state, tiny_config
 
 from search.cli import main
@@ -24,15 +23,8 @@ from search.weights.layout import ModelLayout
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, family: tuple[Path, list[Path]]) -> Path:
-    return selected_run(tmp_path_factory.mktemp("sel"), family)
 
 
 def rebuild_with_mergekit(recipe: Path, out: Path) -> Path:

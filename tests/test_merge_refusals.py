@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny import make_family, save_tokenizer, snapshot, VOCAB
+from tiny import VOCAB, make_family, save_tokenizer, snapshot
 
 from search.cli import main
 
@@ -71,7 +71,6 @@ def test_missing_path(world: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_pickle_only_refused_unless_allowed(world: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import torch
-
     from tiny import load_state
 
     ft = world / "ft1"

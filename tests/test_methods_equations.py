@@ -16,13 +16,7 @@ from search.methods import TensorParams, get_method
 from search.methods.iso import iso_cts_sizes
 from search.methods.sparsify import magnitude_mask, outlier_mask, top_mask
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def merge(

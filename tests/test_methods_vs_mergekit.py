@@ -22,13 +22,7 @@ SHARED = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on this shared machine, 2 threads made tiny CPU reductions take ~7 ms each."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _models(shape: tuple[int, ...], k: int, seed: int) -> tuple[torch.Tensor, list[torch.Tensor]]:

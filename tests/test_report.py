@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image
-from selection_world import one_thread, selected_run
 
 from search.cli import main
 from search.report.render import PLOTS
@@ -19,15 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TRIAL_BLUE = (31, 119, 180)  # the trials' colour in the plots (matplotlib's C0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, family: tuple[Path, list[Path]]) -> Path:
-    return selected_run(tmp_path_factory.mktemp("sel"), family)
 
 
 def colour_pixels(image: Image.Image, rgb: tuple[int, int, int], tol: int = 12) -> int:

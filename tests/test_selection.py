@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from optuna.trial import TrialState
-from selection_world import finished_run, one_thread, selected_run
+from selection_world import finished_run
 
 from search.cli import main
 from search.errors import UserError
@@ -22,11 +22,7 @@ from search.selection.soups import greedy_soup
 from search.study.baselines import recorded_baselines
 from search.study.storage import STUDY_NAME, open_storage
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 points = st.lists(st.lists(st.integers(0, 6), min_size=2, max_size=2), min_size=1, max_size=25)
@@ -61,10 +57,6 @@ def test_thin_and_pairs() -> None:
     assert len(thin(list(range(20)), 5, must_keep=[7])) == 5 and 7 in thin(list(range(20)), 5, must_keep=[7])
     assert neighbour_pairs([1, 2]) == [(1, 2)]
 
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, family: tuple[Path, list[Path]]) -> Path:
-    return selected_run(tmp_path_factory.mktemp("sel"), family)
 
 
 def _search_scores(run_dir: Path, names: list[str]) -> dict[str, list[float]]:

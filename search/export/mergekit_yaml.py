@@ -178,11 +178,10 @@ def spec_notes(spec: MergeSpec) -> list[str]:
 
 def _linear_coefficients(spec: MergeSpec, name: str, layout: ModelLayout) -> list[float] | None:
     """Per-model ``a`` with ``merge(spec) = base + sum_i a_i delta_i`` for this tensor, or None."""
-    import torch
 
     if spec.base_index is not None or spec.method not in ("task_arithmetic", "linear"):
         return None
-    params = spec.tensor_params(name, layout, dtype=torch.float64)
+    params = spec.tensor_params(name, layout)
     weights = [float(w) for w in params.per_model["weight"].tolist()]
     total = sum(weights)
     normalize = bool(params.globals.get("normalize", spec.merge_method.param("normalize").default))

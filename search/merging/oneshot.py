@@ -95,7 +95,7 @@ def _merge_tensors(spec: MergeSpec, recipe: Recipe, parents: CheckedParents, lay
                 bar.advance(task)
                 continue
             deltas = torch.stack([m.get(name, dtype=base.dtype, device=device) - base for m in models])
-            params = spec.tensor_params(name, layout, device=base.device, dtype=base.dtype)
+            params = spec.tensor_params(name, layout)
             merged = method.merge(base, deltas, params, seed=spec.tensor_seed(name))
             if not torch.isfinite(merged).all():
                 raise UserError(f"merging '{name}' gave NaN or inf values", field="parameters",

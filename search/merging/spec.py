@@ -93,8 +93,7 @@ class MergeSpec(BaseModel):
         if problem:
             raise UserError(problem, file=file, field=models_field, fix="list the right number of models")
 
-    def tensor_params(self, name: str, layout: ModelLayout, *, device: torch.device | str = "cpu",
-                      dtype: torch.dtype = torch.float32) -> TensorParams:
+    def tensor_params(self, name: str, layout: ModelLayout) -> TensorParams:
         """Resolve every parameter for one tensor (granularity, gradients and filters applied)."""
         method = self.merge_method
         role = layout.role(name)

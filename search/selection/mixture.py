@@ -22,7 +22,7 @@ Mixture = Sequence[tuple[MergeSpec, float]]
 
 
 def _merge(parents: Any, spec: MergeSpec, name: str, out: torch.Tensor) -> torch.Tensor:
-    params = spec.tensor_params(name, parents.layout, device=parents.device, dtype=parents.dtype)
+    params = spec.tensor_params(name, parents.layout)
     return spec.merge_method.merge(parents.base[name], parents.deltas[name], params,
                                    seed=spec.tensor_seed(name), out=out)
 

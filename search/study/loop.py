@@ -25,8 +25,13 @@ from search.config.space import LoadedSpace, Space
 from search.errors import UserError
 from search.merging.spec import MergeSpec
 from search.study import storage
-from search.study.baselines import STUDY_ATTR_PREFIX, Baseline, BaselineRecord, hand_set_baselines, \
-    recorded_baselines
+from search.study.baselines import (
+    STUDY_ATTR_PREFIX,
+    Baseline,
+    BaselineRecord,
+    hand_set_baselines,
+    recorded_baselines,
+)
 from search.study.progress import RunProgress, counted
 from search.study.pruning import dominated_by_front, make_pruner
 from search.study.samplers import make_sampler
@@ -128,17 +133,18 @@ class Driver:
         stale = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for t in stale:
             self._fail_interrupted(t.number, t.params, "interrupted: the run stopped while this trial ran",
-                                   retry=True, already_retry=t.user_attrs.get("retry_of"))
+                                   retry_of=t.user_attrs.get("retry_of"))
         return len(stale)
 
-    def _fail_interrupted(self, number: int, params: dict[str, Any], reason: str, *, retry: bool,
-                          already_retry: int | None = None) -> None:
+    def _fail_interrupted(self, number: int, params: dict[str, Any], reason: str, *,
+                          retry_of: int | None = None) -> None:
+        """Fail a trial that was cut off; enqueue its parameters again unless it was itself a retry."""
         # The trial object of a dead driver is gone: set its attributes through the storage's public API.
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
         self.storage.set_trial_user_attr(trial_id, "fail_reason", reason)
         self.storage.set_trial_user_attr(trial_id, "interrupted", True)
         self.study.tell(number, state=TrialState.FAIL)
-        if retry and already_retry is None and params:
+        if retry_of is None and params:
             self.study.enqueue_trial(params, user_attrs={"retry_of": number}, skip_if_exists=False)
 
     # -- the loop ---------------------------------------------------------------------------------------------
@@ -164,7 +170,7 @@ class Driver:
             for slot, current in self.slots.items():
                 if current is not None and current.trial is not None:
                     self._fail_interrupted(current.trial.number, current.params, "interrupted by the user",
-                                           retry=True, already_retry=current.retry_of)
+                                           retry_of=current.retry_of)
             raise
         finally:
             self.progress.stop()

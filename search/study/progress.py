@@ -16,24 +16,20 @@ from optuna.trial import FrozenTrial, TrialState
 from search.config.space import Space
 
 
-def best_scores(space: Space, trials: list[FrozenTrial]) -> dict[str, float]:
-    """Best search-split score per objective over complete trials (baselines included)."""
+def best_scores(space: Space, scored: list[dict[str, float]]) -> dict[str, float]:
+    """Best score per objective over a list of ``{objective: search score}`` mappings."""
     best: dict[str, float] = {}
     for o in space.objectives:
-        values = [t.user_attrs[f"search.{o.name}"] for t in trials
-                  if t.state == TrialState.COMPLETE and f"search.{o.name}" in t.user_attrs]
+        values = [s[o.name] for s in scored if o.name in s]
         if values:
             best[o.name] = max(values) if o.direction == "maximize" else min(values)
     return best
 
 
-def _best_of_baselines(space: Space, baselines: list[Any]) -> dict[str, float]:
-    best: dict[str, float] = {}
-    for o in space.objectives:
-        values = [b.search[o.name] for b in baselines if b.state == "COMPLETE" and o.name in b.search]
-        if values:
-            best[o.name] = max(values) if o.direction == "maximize" else min(values)
-    return best
+def search_scores(trials: list[FrozenTrial]) -> list[dict[str, float]]:
+    """The ``search.<objective>`` attributes of the complete trials."""
+    return [{k.removeprefix("search."): v for k, v in t.user_attrs.items() if k.startswith("search.")}
+            for t in trials if t.state == TrialState.COMPLETE]
 
 
 def counted(t: FrozenTrial) -> bool:
@@ -81,7 +77,8 @@ def status_of(space: Space, study: optuna.Study) -> Status:
         complete=sum(t.state == TrialState.COMPLETE for t in sampled),
         pruned=sum(t.state == TrialState.PRUNED for t in sampled),
         failed=sum(t.state == TrialState.FAIL for t in sampled),
-        baselines=len(baselines), best=best_scores(space, trials), best_baseline=_best_of_baselines(space, baselines),
+        baselines=len(baselines), best=best_scores(space, search_scores(trials)),
+        best_baseline=best_scores(space, [b.search for b in baselines if b.state == "COMPLETE"]),
         trials_per_minute=rate, eta_minutes=eta,
         failures=[(t.number, t.user_attrs.get("fail_reason", "?")) for t in trials if t.state == TrialState.FAIL],
     )
@@ -123,8 +120,14 @@ class RunProgress:
     def start(self, *, done: int, baselines_left: int, study: optuna.Study) -> None:
         if not self.enabled:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._baselines_left = baselines_left
         self._progress = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),

@@ -65,18 +65,3 @@ def dominated_by_front(partial: Sequence[float], front: Sequence[Sequence[float]
             return True
     return False
 
-
-def pareto_front(points: Sequence[Sequence[float]], maximize: Sequence[bool]) -> list[int]:
-    """Indices of the non-dominated points.
-
-    >>> pareto_front([[1, 0], [0, 1], [0.5, 0.5], [0.2, 0.2]], [True, True])
-    [0, 1, 2]
-    """
-    def better_eq(a: Sequence[float], b: Sequence[float]) -> bool:
-        return all((x >= y) if mx else (x <= y) for x, y, mx in zip(a, b, maximize))
-
-    out = []
-    for i, p in enumerate(points):
-        if not any(better_eq(q, p) and list(q) != list(p) for j, q in enumerate(points) if j != i):
-            out.append(i)
-    return out

@@ -95,9 +95,6 @@ class ModelLayout:
             return 0.0
         return layer / (self.num_layers - 1) if self.num_layers > 1 else 1.0
 
-    def names_of(self, kind: ModuleKind) -> list[str]:
-        return [n for n, r in self.roles.items() if r.kind == kind]
-
 
 def _num_layers(config: object) -> int:
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config

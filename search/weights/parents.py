@@ -124,7 +124,7 @@ class Parents:
         state = model.state_dict()
         with torch.no_grad():
             for name in names or self.base:
-                params = spec.tensor_params(name, self.layout, device=self.device, dtype=self.dtype)
+                params = spec.tensor_params(name, self.layout)
                 method.merge(self.base[name], self.deltas[name], params, seed=spec.tensor_seed(name),
                              out=state[name])
 
@@ -133,6 +133,6 @@ class Parents:
         method = spec.merge_method
         out: dict[str, torch.Tensor] = dict(self.fixed)
         for name in self.base:
-            params = spec.tensor_params(name, self.layout, device=self.device, dtype=self.dtype)
+            params = spec.tensor_params(name, self.layout)
             out[name] = method.merge(self.base[name], self.deltas[name], params, seed=spec.tensor_seed(name))
         return out
