@@ -345,17 +345,14 @@ def run_study(loaded: LoadedSpace, *, backend: Backend | None = None, progress: 
     re-score on held-out data and write the report (``search select``)."""
     import sys
 
-    from search.merging.oneshot import load_layout
     from search.study.trial import WorkerConfig
 
     space = loaded.space
     # Everything that can refuse bad input runs before any model is loaded or the run folder is written.
-    preflight(loaded)
+    plan = validate_run(loaded)
     finished = finished_run(loaded, select=select)
     if finished is not None:
         return finished
-    layout = load_layout(loaded.base_model, trust_remote_code=space.trust_remote_code, source=str(loaded.file))
-    plan = build_plan(space, layout.num_layers)
     if backend is None:
         backend = make_backend(loaded, WorkerConfig.from_space(loaded))
     backend.start()
@@ -378,6 +375,17 @@ def run_study(loaded: LoadedSpace, *, backend: Backend | None = None, progress: 
             return summary
     finally:
         backend.close()
+
+
+def validate_run(loaded: LoadedSpace) -> SearchPlan:
+    """Everything `search start` checks before it loads a model or writes: :func:`preflight`, then the model's
+    layout (its config, on the meta device) and the search plan. Bad input raises UserError; nothing is written.
+    """
+    from search.merging.oneshot import load_layout
+
+    preflight(loaded)
+    layout = load_layout(loaded.base_model, trust_remote_code=loaded.space.trust_remote_code, source=str(loaded.file))
+    return build_plan(loaded.space, layout.num_layers)
 
 
 def finished_run(loaded: LoadedSpace, *, select: bool) -> RunSummary | None:

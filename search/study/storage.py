@@ -248,8 +248,8 @@ def check_journal(path: Path) -> JournalHealth:
     for number, line in enumerate(lines, start=1):
         if _record(line):
             health.records += 1
-        elif number == len(lines):
-            health.torn_tail = offset
+        elif number == len(lines) and _glued_record(line) is None:
+            health.torn_tail = offset  # (a whole record glued after torn bytes is damage to recover, not cut)
         else:
             health.damaged.append(number)
         offset += len(line)

@@ -13,6 +13,7 @@ re-creation, no whole-model allocation per candidate.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ class Parents:
             base: dict[str, torch.Tensor] = {}
             deltas: dict[str, torch.Tensor] = {}
             fixed: dict[str, torch.Tensor] = {}
+            moved = [False] * len(models)
             for name in reference.names:
                 b = reference.get(name, device=dev)
                 if not b.is_floating_point():
@@ -74,9 +76,15 @@ class Parents:
                 stacked = torch.empty((len(models), *b.shape), dtype=dtype, device=dev)
                 for i, m in enumerate(models):
                     torch.sub(m.get(name, device=dev).to(dtype), b, out=stacked[i])
+                    moved[i] = moved[i] or bool(stacked[i].any())
                 base[name], deltas[name] = b, stacked
         finally:
             checked.close()
+        for label, path, changed in zip(labels, model_paths, moved):
+            if not changed:  # legitimate input, but almost surely not what was meant
+                warnings.warn(f"{label} ({path}) is identical to the base model: its task vector is zero, so it "
+                              "adds nothing to any merge (check that the path names the fine-tune)", UserWarning,
+                              stacklevel=2)
         return cls(base_path=Path(base_path), model_paths=[Path(p) for p in model_paths], layout=layout,
                    config=config, base=base, deltas=deltas, fixed=fixed, dtype=dtype, device=dev)
 
