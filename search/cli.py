@@ -171,7 +171,10 @@ def status(run_dir: Path = typer.Argument(..., help="run folder")) -> None:
 
     space = load_run_space(run_dir)
     study = _load_study(run_dir, space)
-    Console().print(render_status(status_of(space, study, driver=driver_of(run_dir)), run_dir))
+    facts = status_of(space, study, driver=driver_of(run_dir))
+    Console().print(render_status(facts, run_dir))
+    if facts.state.startswith("stopped"):
+        typer.echo(f"resume with: search resume {run_dir}")
 
 
 @app.command()

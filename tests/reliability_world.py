@@ -63,14 +63,16 @@ def write_space(root: Path, name: str = "space.yaml", **changes: Any) -> Path:
 
 
 def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Run the `search` command in-process: (exit code, stdout + stderr with whitespace collapsed)."""
+    """Run the `search` command in-process: (exit code, stdout + stderr, table lines dropped, whitespace
+    collapsed)."""
     try:
         main(args)
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     captured = capsys.readouterr()
-    return code, " ".join((captured.out + captured.err).split())
+    text = (captured.out + captured.err).translate({ord(c): " " for c in "│┃┌┐└┘─━┬┴┼├┤"})  # rich's table lines
+    return code, " ".join(text.split())
 
 
 def spawn(args: list[str], cwd: Path, **env: str) -> subprocess.Popen[bytes]:

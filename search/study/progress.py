@@ -140,8 +140,6 @@ def render_status(status: Status, run_dir: Path) -> Any:
         table.add_row(f"failed #{number}", reason)
     for number, reason in status.interrupted[-3:]:
         table.add_row(f"interrupted #{number}", reason)
-    if not status.live and status.state != "finished":
-        table.add_row("resume", f"search resume {run_dir}")
     return table
 
 
