@@ -32,7 +32,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from search.config.yaml_io import FieldError, load_model
+from search.config.yaml_io import FieldError, load_model, located
 from search.errors import UserError
 
 SamplerName = Literal["tpe", "cmaes", "nsgaii", "nsgaiii", "gp", "qmc", "random"]
@@ -324,8 +324,8 @@ def load_space(path: str | Path, *, output: str | Path | None = None) -> LoadedS
         p = Path(value).expanduser()
         p = p if p.is_absolute() else (root / p).resolve()
         if must_exist and not p.exists():
-            raise UserError(f"path '{value}' does not exist (resolved to {p})", file=path, field=field,
-                            fix="give a local Hugging Face model folder, relative to the space file")
+            raise located(UserError(f"path '{value}' does not exist (resolved to {p})", file=path, field=field,
+                                    fix="give a local Hugging Face model folder, relative to the space file"))
         return p
 
     models = {name: resolve(p, f"models.{name}") for name, p in space.models.items()}

@@ -381,11 +381,16 @@ def validate_run(loaded: LoadedSpace) -> SearchPlan:
     """Everything `search start` checks before it loads a model or writes: :func:`preflight`, then the model's
     layout (its config, on the meta device) and the search plan. Bad input raises UserError; nothing is written.
     """
+    from search.config.yaml_io import located
     from search.merging.oneshot import load_layout
 
-    preflight(loaded)
-    layout = load_layout(loaded.base_model, trust_remote_code=loaded.space.trust_remote_code, source=str(loaded.file))
-    return build_plan(loaded.space, layout.num_layers)
+    try:
+        preflight(loaded)
+        layout = load_layout(loaded.base_model, trust_remote_code=loaded.space.trust_remote_code,
+                             source=str(loaded.file))
+        return build_plan(loaded.space, layout.num_layers)
+    except UserError as exc:
+        raise located(exc) from None
 
 
 def finished_run(loaded: LoadedSpace, *, select: bool) -> RunSummary | None:
@@ -426,7 +431,6 @@ def preflight(loaded: LoadedSpace) -> None:
                         local=not (space.backend == "ray" and space.ray_address is not None))
     checks.check_output(loaded.output, file=loaded.file)
     checks.check_not_running(loaded.output, file=loaded.file)
-    storage.check_same_space(loaded)
     journal = storage.journal_path(loaded.output, space)
     if journal is not None and journal.exists():
         health = storage.check_journal(journal)
@@ -439,6 +443,7 @@ def preflight(loaded: LoadedSpace) -> None:
     checks.check_lm_eval_tasks(loaded)
     make_sampler(space)  # the space's validation built it once already; this names the file if it fails
     make_pruner(space.pruner_name, space.pruner.margin, space.pruner.args)
+    storage.check_same_space(loaded)
 
 
 def make_backend(loaded: LoadedSpace, config: Any) -> Backend:
