@@ -180,7 +180,7 @@ class Space(_Frozen):
     baselines: bool = Field(True, description="Score the hand-set merges a mergekit user would try first.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Merge and score in this.")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    seed: int = Field(0, description="Seed of the sampler and of stochastic methods.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the sampler and of stochastic methods.")
     output: str = Field("results/run", description="Run folder (relative to this file).")
     backend: Literal["inprocess", "ray"] = Field("inprocess", description="Who runs the trials.")
     ray_address: str | None = Field(None, description="Ray cluster address; none starts an embedded instance.")
@@ -188,6 +188,25 @@ class Space(_Frozen):
     storage: str | None = Field(None, description="Optuna storage URL; default: a journal file in the run folder.")
     trust_remote_code: bool = Field(False, description="Let transformers run code shipped with a model.")
     allow_pickle: bool = Field(False, description="Also read pytorch_model.bin (pickle) parents.")
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str | None) -> str | None:
+        fix = "write journal:PATH/TO/study.journal, or an RDB URL such as sqlite:///study.db (or leave it out)"
+        if value is None:
+            return value
+        if value.startswith("journal:"):
+            path = value.removeprefix("journal:")
+            if not path.strip() or Path(path).is_dir():
+                raise FieldError(f"'{value}' names no journal file", fix=fix)
+            return value
+        from sqlalchemy.engine import make_url
+
+        try:
+            make_url(value).get_dialect()
+        except Exception as exc:  # sqlalchemy's own words say what is wrong with the URL
+            raise FieldError(f"'{value}' is not a storage URL ({exc})", fix=fix) from None
+        return value
 
     @field_validator("models")
     @classmethod
