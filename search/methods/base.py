@@ -89,6 +89,8 @@ class TensorParams:
 
 # fn(base, deltas, params, seed, out) -> merged tensor (``out`` itself when the method wrote through it)
 MergeFn = Callable[[torch.Tensor, torch.Tensor, TensorParams, int | None, torch.Tensor | None], torch.Tensor]
+# linear_coefficients(params, k) -> (beta, coeffs): the method is merged = beta * base + sum_i coeffs[i] * delta_i
+LinearCoefficients = Callable[[TensorParams, int], tuple[float, list[float]]]
 # check_values(per-model values by name, global values by name) -> what is wrong, or None
 ValuesCheck = Callable[[Mapping[str, Sequence[float]], Mapping[str, float | bool | int]], str | None]
 
@@ -101,6 +103,9 @@ class MergeMethod:
     listed models other than the base (slerp: exactly 1); for one that does not (linear), every listed model.
     ``check_values``, when set, checks constraints between values (della: ``density +/- epsilon`` inside
     ``(0, 1)``) and returns a sentence saying what is wrong, or None.
+    ``linear_coefficients``, when set, says the method is linear in the task vectors
+    (``beta * base + sum_i c_i * delta_i``) and gives ``(beta, c)``: low-rank task vectors (LoRA) are then
+    combined as factors, and such a merge of adapters can be exported as an adapter.
     """
 
     name: str
@@ -112,6 +117,7 @@ class MergeMethod:
     stochastic: bool = False
     doc: str = ""
     check_values: ValuesCheck | None = None
+    linear_coefficients: LinearCoefficients | None = None
 
     def count_models(self, is_base: Sequence[bool]) -> int:
         """How many of the listed models count towards ``min_models``/``max_models``."""
