@@ -33,6 +33,7 @@ from typing import Literal
 import torch
 
 ParamKind = Literal["float", "bool", "int"]
+HALF_DTYPES = (torch.bfloat16, torch.float16)  # merged in float32, one tensor at a time
 
 
 @dataclass(frozen=True)
@@ -161,8 +162,17 @@ class MergeMethod:
         """Merge one tensor; write into ``out`` when given (and return it).
 
         ``fn`` may write straight into ``out`` (fused kernels for the linear family); otherwise the result is
-        copied into it.
+        copied into it. Half-precision inputs (bf16, fp16 storage) are merged in float32: this one tensor's base
+        and deltas are upcast, merged, and the result written back in the storage dtype — so a bf16 search
+        differs from a float32 one by the rounding of its inputs and output only.
         """
+        if base.dtype in HALF_DTYPES or deltas.dtype in HALF_DTYPES:
+            storage = base.dtype if out is None else out.dtype
+            result = self.fn(base.float(), deltas.float(), params, seed, None)
+            if out is None:
+                return result.to(storage)
+            out.copy_(result)
+            return out
         result = self.fn(base, deltas, params, seed, out)
         if out is None:
             return result
@@ -224,9 +234,14 @@ def flat_out(out: torch.Tensor | None) -> torch.Tensor | None:
     return out.view(-1)
 
 
-def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
-    """A generator on ``device``: seeded from ``seed``, or from fresh entropy when ``seed`` is None."""
-    generator = torch.Generator(device=device)
+def make_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator seeded from ``seed`` (fresh entropy when None).
+
+    Random masks are always drawn on the CPU and then moved to the tensor's device: CUDA's generator (Philox)
+    gives other bits than the CPU's (Mersenne Twister) for the same seed, and a candidate scored on a GPU must be
+    the very weights exported on a CPU.
+    """
+    generator = torch.Generator(device="cpu")
     if seed is None:
         generator.seed()
     else:
