@@ -139,7 +139,8 @@ class MergeMethod:
         n = self.count_models(is_base)
         what = "models besides the base" if self.excludes_base else "models"
         if self.max_models is not None and self.min_models == self.max_models and n != self.min_models:
-            return f"'{self.name}' merges exactly {self.min_models} {what}, got {n}"
+            exact = what.replace("models", "model", 1) if self.min_models == 1 else what
+            return f"'{self.name}' merges exactly {self.min_models} {exact}, got {n}"
         if n < self.min_models:
             return f"'{self.name}' needs at least {self.min_models} {what}, got {n}"
         if self.max_models is not None and n > self.max_models:

@@ -51,7 +51,7 @@ def checkpoint_weights(name: str, n: int, values: Mapping[str, Any]) -> list[flo
         beta = float(values["decay"])
         return [beta ** (n - 1)] + [(1.0 - beta) * beta ** (n - i) for i in range(2, n + 1)]
     if name == "lawa":
-        k = int(values["k"])
+        k = int(round(float(values["k"])))  # as a searched (float) value is cast for the merge
         if k > n:
             raise ValueError(f"lawa averages the latest k={k} checkpoints but {n} are listed")
         return [0.0] * (n - k) + [1.0 / k] * k
@@ -69,8 +69,8 @@ def _merge(
 
 def _count_check(n: int, values: Mapping[str, Any]) -> str | None:
     k = values.get("k")
-    if k is not None and int(k) > n:
-        return f"lawa averages the latest k={int(k)} checkpoints but only {n} are listed"
+    if k is not None and int(round(float(k))) > n:
+        return f"lawa averages the latest k={int(round(float(k)))} checkpoints but only {n} are listed"
     return None
 
 

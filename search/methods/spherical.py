@@ -16,6 +16,7 @@ dimension (``nuslerp_row_wise``: of the first; ``nuslerp_flatten``, the default:
     u_i    = v_i / (|v_i| + eps),  m = sum_i w_i u_i / |sum_i w_i u_i|
     tau    = sum_i w_i (u_i - (u_i . m) m),   r = |tau| + eps
     merged = (cos(r) m + sin(r) / r tau) * sum_i w_i |v_i|         (one model: that model)
+    (every v_i zero: 0, the base, where mergekit raises for 3+ models; a zero weighted mean otherwise: refused)
 
 **karcher** (the Riemannian mean on the unit sphere of every input ``x_i``, uniform weights ``a_i = 1/n``; inputs
 with ``|x_i| <= tol`` leave the mean but keep their ``a_i`` in the scale):
@@ -141,6 +142,10 @@ def multislerp_merge(
     if global_value(params, NORMALIZE_WEIGHTS):
         weights = weights / weights.sum()
     norms = torch.norm(flat, dim=-1, keepdim=True)
+    if not bool(norms.any()):
+        # every model equals the base here (a tensor no fine-tune changed): the base. mergekit raises instead,
+        # for 3+ models, as for antipodal ones.
+        return _finish(base, torch.zeros_like(tensors[0]), params)
     units = flat / (norms + eps)
     mean = (units * weights.view(-1, 1)).sum(0)
     mean_norm = torch.norm(mean)
