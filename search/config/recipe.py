@@ -16,7 +16,9 @@ dtype: float32
 tokenizer_source: base
 ```
 
-Beyond mergekit: a condition may match a module kind (``{kind: mlp, value: 0.5}``), and ``seed`` makes the random
+A model (or the base) may be a LoRA adapter applied to a model, written as mergekit writes it:
+``models/base+adapters/code`` (or ``{model: models/base, lora: adapters/code}``); an adapter folder alone is applied
+to ``base_model``. Beyond mergekit: a condition may match a module kind (``{kind: mlp, value: 0.5}``), and ``seed`` makes the random
 methods (dare, della) reproducible. Frankenmerges (``slices``/``modules``) and ``tokenizer_source: union`` are not
 supported: they change the architecture or the vocabulary, which a weight search does not.
 """
@@ -35,6 +37,7 @@ from search.errors import UserError
 from search.merging.coefficients import Setting
 from search.merging.spec import IgnoredParameterWarning, MergeSpec
 from search.methods import METHODS
+from search.weights.sources import ParentRef, parse_reference
 
 DTypeName = Literal["float32", "float16", "bfloat16", "float64"]
 DTYPES: dict[str, torch.dtype] = {
@@ -50,11 +53,8 @@ class RecipeModel(BaseModel):
 
     @field_validator("model", mode="before")
     @classmethod
-    def _plain_path(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            raise ValueError("model references with LoRA or revision parts are not supported; give a local folder "
-                             "(merge the adapter first)")
-        return value
+    def _reference(cls, value: Any) -> Any:
+        return reference_text(value)
 
 
 class Recipe(BaseModel):
@@ -71,6 +71,11 @@ class Recipe(BaseModel):
     tokenizer_source: Literal["base"] | str | None = None
     chat_template: str | None = None
     seed: int | None = None
+
+    @field_validator("base_model", mode="before")
+    @classmethod
+    def _base_reference(cls, value: Any) -> Any:
+        return None if value is None else reference_text(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -143,6 +148,43 @@ def load_recipe(path: str | Path) -> Recipe:
             "ignores them"), stacklevel=2)
     recipe.spec().check(file=str(path))
     return recipe
+
+
+def reference_text(value: Any) -> Any:
+    """mergekit's model reference as one string: ``MODEL`` or ``MODEL+ADAPTER`` (its mapping form
+    ``{model: ..., lora: ...}``, each a path or ``{path: ...}``, is folded into that). Revisions are refused:
+    nothing is fetched from a hub."""
+    def path_of(part: Any, where: str) -> str:
+        if isinstance(part, dict):
+            if set(part) - {"path"} or "path" not in part:
+                raise ValueError(f"{where}: only {{path: ...}} is supported (revisions and hub fetching are not)")
+            part = part["path"]
+        if not isinstance(part, str):
+            raise ValueError(f"{where} must be a path")
+        if "@" in part and not Path(part).exists():
+            raise ValueError(f"'{part}': revisions are not supported; give a local folder")
+        return part
+
+    if isinstance(value, dict):
+        unknown = set(value) - {"model", "lora"}
+        if unknown or "model" not in value:
+            raise ValueError(f"a model reference takes 'model' and 'lora', got {sorted(value)}")
+        model = path_of(value["model"], "model")
+        return model if value.get("lora") is None else f"{model}+{path_of(value['lora'], 'lora')}"
+    if isinstance(value, str):
+        for part in value.split("+", 1):
+            path_of(part, "model")
+    return value
+
+
+def resolve_reference(reference: str, recipe_file: Path, *, field: str) -> ParentRef:
+    """A model reference (``MODEL``, an adapter folder, or ``MODEL+ADAPTER``) with each part found on disk."""
+    given = Path(reference).expanduser()
+    if "+" in reference and not given.exists() and not (recipe_file.parent / given).exists():
+        model, _, adapter = reference.partition("+")
+        return ParentRef(model=resolve_model_path(model, recipe_file, field=field),
+                         adapter=resolve_model_path(adapter, recipe_file, field=field))
+    return parse_reference(resolve_model_path(reference, recipe_file, field=field))
 
 
 def resolve_model_path(reference: str, recipe_file: Path, *, field: str) -> Path:

@@ -136,8 +136,16 @@ class Resources(_Frozen):
     """Workers for the Ray backend: how many, and what each takes."""
 
     workers: int | None = Field(None, ge=1, description="Actors; default one per GPU, else 1.")
-    gpus_per_worker: float = Field(0, ge=0, description="GPUs per actor (fractions share a GPU).")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker (fractions share a GPU; a whole N > 1 "
+                                                   "shards the working model over N GPUs).")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs per actor.")
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(f"gpus_per_worker above 1 shards a model over whole GPUs: give 2, 3, ..., got {value}")
+        return value
 
 
 ParamValue = Union[float, bool, Range]
@@ -162,7 +170,12 @@ class Space(_Frozen):
     pruner: Pruner = Field(default_factory=Pruner, description="Early stopping on growing slices.")
     budget: Budget = Field(default_factory=Budget, description="When to stop.")
     baselines: bool = Field(True, description="Score the hand-set merges a mergekit user would try first.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Merge and score in this.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Storage dtype of the parents and the working model; auto: the base's own "
+                            "(torch_dtype in its config.json). Merge arithmetic is float32 per tensor.")
+    placement: Literal["auto", "resident", "stream"] = Field(
+        "auto", description="Where the parents live on a GPU run: resident (on the GPU), stream (pinned CPU "
+                            "memory, copied per tensor), auto (resident when it fits). See `search plan`.")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     seed: int = Field(0, description="Seed of the sampler and of stochastic methods.")
     output: str = Field("results/run", description="Run folder (relative to this file).")
@@ -281,7 +294,7 @@ class LoadedSpace(BaseModel):
 
 def study_defining(space: Space) -> dict[str, Any]:
     data = space.model_dump(mode="json")
-    for key in ("budget", "output", "backend", "ray_address", "resources", "storage", "device"):
+    for key in ("budget", "output", "backend", "ray_address", "resources", "storage", "device", "placement"):
         data.pop(key, None)
     return data
 
