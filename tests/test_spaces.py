@@ -125,7 +125,7 @@ def test_example_validates(path: Path, validator: jsonschema.Draft202012Validato
 def test_example_loads_and_builds_its_study_parts(path: Path, tmp_path: Path) -> None:
     # With its model folders present the example loads, and Optuna accepts its sampler and pruner arguments.
     data = yaml.safe_load(path.read_text())
-    for folder in [data["base_model"], *data["models"].values()]:
+    for folder in [*([data["base_model"]] if "base_model" in data else []), *data["models"].values()]:
         (tmp_path / folder).mkdir(parents=True, exist_ok=True)
     shutil.copy(path, tmp_path / path.name)
     loaded = load_space(tmp_path / path.name)
