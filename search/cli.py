@@ -58,13 +58,27 @@ def merge(
     device: str = typer.Option("cpu", "--device", help="where to compute (cpu, cuda)"),
 ) -> None:
     """Merge the models of RECIPE into OUT_DIR (mergekit configs for shared methods run unchanged)."""
+    import warnings
+
     from search.merging.oneshot import merge_recipe
+    from search.merging.spec import IgnoredParameterWarning
     from search.study.preflight import check_device
 
     check_device(device, file=None, field="--device")
-    out = merge_recipe(recipe, out_dir, allow_pickle=allow_pickle, overwrite=overwrite,
-                       trust_remote_code=trust_remote_code, max_shard_bytes=_size(max_shard_size), device=device,
-                       progress=sys.stderr.isatty())
+
+    def show(message, category, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if issubclass(category, IgnoredParameterWarning):
+            err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    with warnings.catch_warnings():  # restores the hook below on exit
+        warnings.simplefilter("always", IgnoredParameterWarning)
+        shown = warnings.showwarning
+        warnings.showwarning = show  # the stdlib's documented hook for how warnings are printed
+        out = merge_recipe(recipe, out_dir, allow_pickle=allow_pickle, overwrite=overwrite,
+                           trust_remote_code=trust_remote_code, max_shard_bytes=_size(max_shard_size),
+                           device=device, progress=sys.stderr.isatty())
     typer.echo(f"merged model written to {out}")
 
 

@@ -173,7 +173,10 @@ ParamValue = Union[float, bool, Range]
 class Space(_Frozen):
     """A search: parents, methods and their parameter ranges, granularity, objectives, sampler and budget."""
 
-    base_model: str = Field(description="The model the fine-tunes were trained from (local HF folder).")
+    base_model: str | None = Field(
+        None, description="The model the fine-tunes were trained from (local HF folder). Leave it out to average "
+                          "checkpoints of one run (methods that take no base: checkpoint_average, checkpoint_ema, "
+                          "lawa, linear, karcher, multislerp, nuslerp).")
     models: dict[str, str] = Field(min_length=1, description="Fine-tunes by short name -> local HF folder.")
     methods: dict[str, dict[str, ParamValue]] = Field(
         min_length=1, description="Methods to search -> {parameter: [low, high] (searched) or value (fixed)}.")
@@ -230,6 +233,8 @@ class Space(_Frozen):
                                      fix=f"{hint}'{method_name}' takes: {', '.join(known) or 'nothing'}")
                 values = list(pvalue) if isinstance(pvalue, (tuple, list)) else [pvalue]
                 for v in values:
+                    if spec.kind == "int" and isinstance(v, float) and v.is_integer():
+                        v = int(v)  # ParamValue holds numbers as floats (lawa's k: 3 arrives as 3.0)
                     problem = spec.check(float(v) if spec.kind == "float" and not isinstance(v, bool) else v)
                     if problem:
                         raise ValueError(f"{method_name}: {problem}")
@@ -255,10 +260,19 @@ class Space(_Frozen):
     def _consistent(self) -> Space:
         from search.merging.spec import lookup_method
 
-        for method_name in self.methods:
-            problem = lookup_method(method_name).check_model_count([False] * len(self.models))
+        for method_name, given in self.methods.items():
+            method = lookup_method(method_name)
+            if self.base_model is None and method.needs_base:
+                raise ValueError(f"methods.{method_name}: '{method_name}' needs a base_model: add 'base_model', or "
+                                 "average checkpoints with checkpoint_average, checkpoint_ema or lawa")
+            problem = method.check_model_count([False] * len(self.models))
             if problem:
                 raise ValueError(f"methods.{method_name}: {problem} (the base is not listed under models)")
+            for pname, pvalue in given.items() if method.check_count is not None else ():
+                high = pvalue[1] if isinstance(pvalue, (tuple, list)) else pvalue
+                problem = method.check_count(len(self.models), {pname: high})
+                if problem:
+                    raise ValueError(f"methods.{method_name}.{pname}: {problem}")
         if self.mode == "pareto" and self.sampler.name in ("cmaes",):
             raise ValueError("the cmaes sampler optimises one objective: set optimize: weighted, or use tpe/nsgaii")
         if self.mode == "pareto" and self.pruner_name in ("median", "successive_halving", "baseline"):
@@ -306,7 +320,7 @@ class LoadedSpace(BaseModel):
 
     space: Space
     file: Path
-    base_model: Path
+    base_model: Path  # without a base in the space: the first model, a reference the deltas are taken from
     models: dict[str, Path]
     output: Path
 
@@ -343,5 +357,5 @@ def load_space(path: str | Path, *, output: str | Path | None = None) -> LoadedS
 
     models = {name: resolve(p, f"models.{name}") for name, p in space.models.items()}
     out = Path(output) if output is not None else resolve(space.output, "output", must_exist=False)
-    return LoadedSpace(space=space, file=path, base_model=resolve(space.base_model, "base_model"), models=models,
-                       output=out)
+    base = resolve(space.base_model, "base_model") if space.base_model is not None else next(iter(models.values()))
+    return LoadedSpace(space=space, file=path, base_model=base, models=models, output=out)
