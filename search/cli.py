@@ -1,6 +1,7 @@
 """The ``search`` command.
 
     search merge RECIPE.yaml OUT_DIR      one-shot merge of a mergekit recipe into an HF model folder
+    search plan SPACE.yaml                memory per part and device, placement, and whether the search fits
     search start SPACE.yaml               start (or resume) a search; the run folder is the space's `output`
     search resume RUN_DIR                 resume a run from its folder
     search status RUN_DIR                 progress of a run (in progress, finished or killed)
@@ -57,14 +58,58 @@ def merge(
     device: str = typer.Option("cpu", "--device", help="where to compute (cpu, cuda)"),
 ) -> None:
     """Merge the models of RECIPE into OUT_DIR (mergekit configs for shared methods run unchanged)."""
+    import warnings
+
     from search.merging.oneshot import merge_recipe
+    from search.merging.spec import IgnoredParameterWarning
     from search.study.preflight import check_device
 
     check_device(device, file=None, field="--device")
-    out = merge_recipe(recipe, out_dir, allow_pickle=allow_pickle, overwrite=overwrite,
-                       trust_remote_code=trust_remote_code, max_shard_bytes=_size(max_shard_size), device=device,
-                       progress=sys.stderr.isatty())
+
+    def show(message, category, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if issubclass(category, IgnoredParameterWarning):
+            err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    with warnings.catch_warnings():  # restores the hook below on exit
+        warnings.simplefilter("always", IgnoredParameterWarning)
+        shown = warnings.showwarning
+        warnings.showwarning = show  # the stdlib's documented hook for how warnings are printed
+        out = merge_recipe(recipe, out_dir, allow_pickle=allow_pickle, overwrite=overwrite,
+                           trust_remote_code=trust_remote_code, max_shard_bytes=_size(max_shard_size),
+                           device=device, progress=sys.stderr.isatty())
     typer.echo(f"merged model written to {out}")
+
+
+@app.command()
+def plan(
+    space_file: Path = typer.Argument(..., help="space YAML (see spaces/README.md)"),
+    gpu_memory: str = typer.Option(None, "--gpu-memory", help="memory of each GPU, e.g. 80GB (default: detected)"),
+    cpu_memory: str = typer.Option(None, "--cpu-memory", help="host memory, e.g. 128GB (default: detected)"),
+) -> None:
+    """Print the memory plan of SPACE_FILE (from config.json and safetensors headers; no weights are read) and
+    whether it fits; exit 2 when it does not."""
+    from search.config.space import load_space
+    from search.weights.memory_plan import parse_size, plan_for_space, refusal, render_plan
+
+    loaded = load_space(space_file)
+    memory_plan = plan_for_space(loaded, gpu_memory=parse_size(gpu_memory, option="--gpu-memory") if gpu_memory
+                                 else None,
+                                 cpu_memory=parse_size(cpu_memory, option="--cpu-memory") if cpu_memory else None)
+    Console(width=max(120, Console().width)).print(render_plan(memory_plan))
+    if not memory_plan.fits:
+        raise refusal(memory_plan, space_file)
+
+
+def _plan_first(loaded: object) -> None:
+    """Print the memory plan as a run's first lines; refuse (exit 2) before loading anything when it cannot fit."""
+    from search.weights.memory_plan import plan_for_space, refusal, render_plan
+
+    memory_plan = plan_for_space(loaded, for_run=True)
+    err.print(render_plan(memory_plan))
+    if not memory_plan.fits:
+        raise refusal(memory_plan, getattr(loaded, "file", None))
 
 
 @app.command()
@@ -82,6 +127,7 @@ def start(
     loaded = load_space(space_file, output=output)
     if address:
         loaded = loaded.with_ray(address)
+    _plan_first(loaded)
     _run(loaded, quiet=quiet, select=not no_select)
 
 
@@ -113,7 +159,9 @@ def resume(
     space_file = Path(resolved["space_file"])
     if not space_file.exists():
         space_file = run_dir / SPACE_COPY
-    _run(load_space(space_file, output=run_dir), quiet=quiet, select=not no_select)
+    loaded = load_space(space_file, output=run_dir)
+    _plan_first(loaded)
+    _run(loaded, quiet=quiet, select=not no_select)
 
 
 def _run(loaded: object, *, quiet: bool, select: bool = True) -> None:

@@ -155,8 +155,16 @@ class Resources(_Frozen):
     """Workers for the Ray backend: how many, and what each takes."""
 
     workers: int | None = Field(None, ge=1, description="Actors; default one per GPU, else 1.")
-    gpus_per_worker: float = Field(0, ge=0, description="GPUs per actor (fractions share a GPU).")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker (fractions share a GPU; a whole N > 1 "
+                                                   "shards the working model over N GPUs).")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs per actor.")
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(f"gpus_per_worker above 1 shards a model over whole GPUs: give 2, 3, ..., got {value}")
+        return value
 
 
 ParamValue = Union[float, bool, Range]
@@ -165,7 +173,10 @@ ParamValue = Union[float, bool, Range]
 class Space(_Frozen):
     """A search: parents, methods and their parameter ranges, granularity, objectives, sampler and budget."""
 
-    base_model: str = Field(description="The model the fine-tunes were trained from (local HF folder).")
+    base_model: str | None = Field(
+        None, description="The model the fine-tunes were trained from (local HF folder). Leave it out to average "
+                          "checkpoints of one run (methods that take no base: checkpoint_average, checkpoint_ema, "
+                          "lawa, linear, karcher, multislerp, nuslerp).")
     models: dict[str, str] = Field(min_length=1, description="Fine-tunes by short name -> local HF folder.")
     methods: dict[str, dict[str, ParamValue]] = Field(
         min_length=1, description="Methods to search -> {parameter: [low, high] (searched) or value (fixed)}.")
@@ -178,7 +189,12 @@ class Space(_Frozen):
     pruner: Pruner = Field(default_factory=Pruner, description="Early stopping on growing slices.")
     budget: Budget = Field(default_factory=Budget, description="When to stop.")
     baselines: bool = Field(True, description="Score the hand-set merges a mergekit user would try first.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Merge and score in this.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Storage dtype of the parents and the working model; auto: the base's own "
+                            "(torch_dtype in its config.json). Merge arithmetic is float32 per tensor.")
+    placement: Literal["auto", "resident", "stream"] = Field(
+        "auto", description="Where the parents live on a GPU run: resident (on the GPU), stream (pinned CPU "
+                            "memory, copied per tensor), auto (resident when it fits). See `search plan`.")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the sampler and of stochastic methods.")
     output: str = Field("results/run", description="Run folder (relative to this file).")
@@ -236,6 +252,8 @@ class Space(_Frozen):
                                      fix=f"{hint}'{method_name}' takes: {', '.join(known) or 'nothing'}")
                 values = list(pvalue) if isinstance(pvalue, (tuple, list)) else [pvalue]
                 for v in values:
+                    if spec.kind == "int" and isinstance(v, float) and v.is_integer():
+                        v = int(v)  # ParamValue holds numbers as floats (lawa's k: 3 arrives as 3.0)
                     problem = spec.check(float(v) if spec.kind == "float" and not isinstance(v, bool) else v)
                     if problem:
                         raise ValueError(f"{method_name}: {problem}")
@@ -261,10 +279,19 @@ class Space(_Frozen):
     def _consistent(self) -> Space:
         from search.merging.spec import lookup_method
 
-        for method_name in self.methods:
-            problem = lookup_method(method_name).check_model_count([False] * len(self.models))
+        for method_name, given in self.methods.items():
+            method = lookup_method(method_name)
+            if self.base_model is None and method.needs_base:
+                raise ValueError(f"methods.{method_name}: '{method_name}' needs a base_model: add 'base_model', or "
+                                 "average checkpoints with checkpoint_average, checkpoint_ema or lawa")
+            problem = method.check_model_count([False] * len(self.models))
             if problem:
                 raise ValueError(f"methods.{method_name}: {problem} (the base is not listed under models)")
+            for pname, pvalue in given.items() if method.check_count is not None else ():
+                high = pvalue[1] if isinstance(pvalue, (tuple, list)) else pvalue
+                problem = method.check_count(len(self.models), {pname: high})
+                if problem:
+                    raise ValueError(f"methods.{method_name}.{pname}: {problem}")
         if self.mode == "pareto" and self.sampler.name in ("cmaes",):
             raise ValueError("the cmaes sampler optimises one objective: set optimize: weighted, or use tpe/nsgaii")
         if self.mode == "pareto" and self.pruner_name in ("median", "successive_halving", "baseline"):
@@ -312,7 +339,7 @@ class LoadedSpace(BaseModel):
 
     space: Space
     file: Path
-    base_model: Path
+    base_model: Path  # without a base in the space: the first model, a reference the deltas are taken from
     models: dict[str, Path]
     output: Path
 
@@ -328,7 +355,7 @@ class LoadedSpace(BaseModel):
 
 def study_defining(space: Space) -> dict[str, Any]:
     data = space.model_dump(mode="json")
-    for key in ("budget", "output", "backend", "ray_address", "resources", "storage", "device"):
+    for key in ("budget", "output", "backend", "ray_address", "resources", "storage", "device", "placement"):
         data.pop(key, None)
     return data
 
@@ -349,5 +376,5 @@ def load_space(path: str | Path, *, output: str | Path | None = None) -> LoadedS
 
     models = {name: resolve(p, f"models.{name}") for name, p in space.models.items()}
     out = Path(output) if output is not None else resolve(space.output, "output", must_exist=False)
-    return LoadedSpace(space=space, file=path, base_model=resolve(space.base_model, "base_model"), models=models,
-                       output=out)
+    base = resolve(space.base_model, "base_model") if space.base_model is not None else next(iter(models.values()))
+    return LoadedSpace(space=space, file=path, base_model=base, models=models, output=out)

@@ -206,7 +206,8 @@ class Driver:
 
     def _missing_baselines(self) -> list[Baseline]:
         have = {b.name for b in recorded_baselines(self.study)}
-        return [b for b in hand_set_baselines(self.plan.model_names, seed=self.space.seed) if b.name not in have]
+        return [b for b in hand_set_baselines(self.plan.model_names, seed=self.space.seed,
+                                              has_base=self.plan.has_base) if b.name not in have]
 
     def _next_work(self, baselines: deque[Baseline]) -> InFlight | None:
         if baselines:

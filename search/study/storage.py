@@ -111,7 +111,8 @@ def prepare_run_dir(loaded: LoadedSpace) -> tuple[Path, bool]:
 
 def resolved_config(loaded: LoadedSpace) -> dict[str, Any]:
     data = loaded.space.model_dump(mode="json")
-    data["base_model"] = str(loaded.base_model)
+    if loaded.space.base_model is not None:  # without one, the run stays baseless (the first model is a reference)
+        data["base_model"] = str(loaded.base_model)
     data["models"] = {k: str(v) for k, v in loaded.models.items()}
     data["output"] = str(loaded.output)
     return {"fingerprint": loaded.fingerprint(), "space_file": str(loaded.file.resolve()), "space": data}
