@@ -1,5 +1,6 @@
 """Property-based fuzz of what users write: space files (through everything `search start` checks before it loads
-a model: reading, validation, parents, evaluators, device, output, run folder, layout and plan) and mergekit
+a model: reading, validation, the memory plan, parents, evaluators, device, output, run folder, layout and search
+plan) and mergekit
 recipes (through `search merge`, in-process, to the end). Every case must end in success or a UserError (exit
 code 2) with a message: never another exception, never another exit code. Seeded (derandomized); each test prints
 how many cases it tried and how they ended.
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from reliability_world import make_world, space_dict
 
@@ -25,8 +26,9 @@ from search.config.space import load_space
 from search.errors import UserError
 from search.methods.registry import METHODS
 from search.study.loop import validate_run
+from search.weights.memory_plan import plan_for_space, refusal
 
-# FUZZ_SCALE=20 (and FUZZ_SEED=N for other cases than CI's) fuzzes longer by hand
+# FUZZ_SCALE=20 fuzzes longer by hand; FUZZ_SEED=N draws other cases than CI's (which are derandomized)
 SCALE = int(os.environ.get("FUZZ_SCALE", "1"))
 SPACE_CASES = 250 * SCALE
 RECIPE_CASES = 120 * SCALE
@@ -131,12 +133,17 @@ def test_fuzzed_space_files_end_in_success_or_a_user_error(tmp_path_factory: pyt
     outcomes: Counter[str] = Counter()
 
     @FUZZ
+    @seed(int(os.environ.get("FUZZ_SEED", "0")))
     @given(data=mutated(base), raw_cut=st.none() | st.none() | st.none() | st.integers(0, 400))
     def case(data: dict[str, Any], raw_cut: int | None) -> None:
         path = root / f"space-{uuid.uuid4().hex[:8]}.yaml"
         path.write_text(dump(data, raw_cut))
         try:
-            validate_run(load_space(path))
+            loaded = load_space(path)
+            memory = plan_for_space(loaded, for_run=True)  # what `search start` prints first
+            if not memory.fits:
+                raise refusal(memory, path)
+            validate_run(loaded)
             outcomes["accepted"] += 1
         except UserError as exc:
             assert str(exc).strip() and exc.fix, f"a refusal without a message or a fix: {exc!r}"
@@ -166,6 +173,7 @@ def test_fuzzed_mergekit_recipes_end_in_success_or_exit_2(tmp_path_factory: pyte
     outcomes: Counter[str] = Counter()
 
     @settings(FUZZ, max_examples=RECIPE_CASES)
+    @seed(int(os.environ.get("FUZZ_SEED", "0")))
     @given(data=mutated(recipe_base(family)), raw_cut=st.none() | st.none() | st.integers(0, 300))
     def case(data: dict[str, Any], raw_cut: int | None) -> None:
         name = uuid.uuid4().hex[:8]

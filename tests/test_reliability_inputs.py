@@ -129,3 +129,14 @@ def test_finetune_equal_to_its_base_warns(world: Path, family: tuple[Path, list[
     shutil.copytree(base, same)
     with pytest.warns(UserWarning, match=r"models\.same .* is identical to the base model"):
         Parents.load(base, [fts[0], same], labels=["models.a", "models.same"], device="cpu")
+
+
+@pytest.mark.parametrize(("size", "reason"), [(1, "--soup-size 1"), (8, "fewer than 2 complete candidates")])
+def test_pick_soup_says_why_there_is_none(size: int, reason: str) -> None:
+    from search.export.folder import pick_items
+    from search.selection.record import Options, Selection
+
+    selection = Selection.model_construct(options=Options(soup_size=size), items=[], specs={})
+    with pytest.raises(UserError) as err:
+        pick_items(selection, "soup", Path("runs/x"))
+    assert reason in str(err.value) and err.value.field == "--pick" and "single candidate" not in str(err.value)
