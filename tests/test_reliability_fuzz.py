@@ -46,7 +46,8 @@ STRINGS = ["tpe", "cmaes", "nsgaii", "gp", "qmc", "random", "median", "pareto", 
            "maximize", "minimize", "float16", "bfloat16", "inprocess", "ray", "journal:", "sqlite:///x.db",
            "attention", "mlp", "self_attn", "base", "union", *METHODS]
 
-leaves = (st.none() | st.booleans() | st.integers(-3, 10**6) | st.integers() | st.floats(allow_nan=True, allow_infinity=True)
+leaves = (st.none() | st.booleans() | st.integers(-3, 10**6) | st.integers()
+          | st.floats(allow_nan=True, allow_infinity=True)
           | st.sampled_from(STRINGS) | st.text(max_size=8))
 values = st.recursive(leaves, lambda inner: st.lists(inner, max_size=3)
                       | st.dictionaries(st.sampled_from(WORDS) | st.text(max_size=6), inner, max_size=3),

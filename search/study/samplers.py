@@ -49,7 +49,13 @@ def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
     if space.sampler.name == "cmaes":
         # Baselines and retries are added by hand: CMA-ES should learn from them, and they cover the start.
         args.setdefault("consider_pruned_trials", True)
-    return cls(**args)
+    with warnings.catch_warnings():  # "experimental argument" notices for arguments the user chose: not news
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return cls(**args)
+
+
+# Words in a parameter's annotation that mean a Python object (a function, a sampler, ...), which YAML cannot give.
+_OBJECT_TYPES = ("Callable", "Sampler", "Pruner", "Generator", "Mutation", "Crossover", "Trial")
 
 
 def yaml_arguments(cls: Any) -> dict[str, Any]:
@@ -59,9 +65,8 @@ def yaml_arguments(cls: Any) -> dict[str, Any]:
     for name, param in inspect.signature(cls).parameters.items():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
-        text = str(param.annotation)
-        if any(word in text for word in ("Callable", "Sampler", "Pruner", "Generator", "Mutation", "Crossover", "Trial")) or \
-                (callable(param.default) and not isinstance(param.default, type)):
+        an_object = any(word in str(param.annotation) for word in _OBJECT_TYPES)
+        if an_object or (callable(param.default) and not isinstance(param.default, type)):
             continue
         out[name] = _hint(cls, param.annotation)
     return out
