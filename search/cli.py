@@ -178,7 +178,7 @@ def _run(loaded: object, *, quiet: bool, select: bool = True) -> None:
         if (run_dir / RESOLVED).exists():
             err.print(f"interrupted; resume with: search resume {run_dir}", highlight=False, soft_wrap=True)
         else:
-            err.print("interrupted before the run started; nothing was written", highlight=False)
+            err.print("interrupted before the run started: no trial was recorded", highlight=False)
         raise typer.Exit(130) from None
     if summary.already_finished:
         typer.echo(f"run folder {summary.run_dir} already reached its budget ({summary.finished} trials); nothing "
