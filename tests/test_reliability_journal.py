@@ -191,3 +191,14 @@ def test_damage_in_the_middle_is_refused_then_repaired(done_run: Path, tmp_path:
     assert len(counted_trials(run_dir)) == 4
     code, out = cli(["repair", str(run_dir)], capsys)
     assert code == 0 and "nothing to repair" in out, out
+
+
+def test_resume_draws_new_proposals(world: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a sampler re-created with the space's seed on resume would replay its first random proposals
+    for budget in (2, 4, 5):
+        code, out = cli(["start", str(write_space(world, budget={"trials": budget})), "--quiet", "--no-select"],
+                        capsys)
+        assert code == 0, out
+    trials = trials_of(world / "run")
+    assert len(trials) == 5
+    assert_no_proposal_repeated(trials)
