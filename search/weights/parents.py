@@ -93,7 +93,9 @@ class Parents:
         finally:
             checked.close()
         for label, path, changed in zip(labels, model_paths, moved):
-            if not changed:  # legitimate input, but almost surely not what was meant
+            # legitimate input, but almost surely not what was meant (unless it names the base itself, as a space
+            # of checkpoints without a base does)
+            if not changed and Path(str(path)).resolve() != Path(str(base_path)).resolve():
                 warnings.warn(f"{label} ({path}) is identical to the base model: its task vector is zero, so it "
                               "adds nothing to any merge (check that the path names the fine-tune)", UserWarning,
                               stacklevel=2)
