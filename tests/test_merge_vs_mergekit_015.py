@@ -229,3 +229,40 @@ def test_checkpoint_averaging_refusals(
     err = capsys.readouterr().err
     assert f"field '{field}'" in err and text in err and "Fix:" in err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------- a search candidate, rebuilt by mergekit
+PER_LAYER = [0.2, 0.7, 0.4, 0.9]  # one value per decoder layer (the tiny models have 4), as a space's per_layer
+SEARCH_CANDIDATES = {
+    "nuslerp": ({"nuslerp_flatten": False}, [{"weight": PER_LAYER}, {"weight": 0.6}]),
+    "multislerp": ({}, [{"weight": PER_LAYER}, {"weight": [{"kind": "mlp", "value": 0.3}, {"value": 0.8}]}]),
+    "sce": ({"select_topk": PER_LAYER}, [{}, {}]),
+    "ramplus_tl": ({"r": PER_LAYER, "alpha": 0.5, "epsilon": 0.02}, [{}, {}]),
+    "karcher": ({}, [{}, {}]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(SEARCH_CANDIDATES))
+def test_a_search_candidate_is_rebuilt_by_mergekit_from_its_exported_recipe(
+    method: str, parents: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """What the search merges in memory (Parents, with module-kind conditions) is what mergekit builds from the
+    exported YAML: the coefficients searched for these methods mean the same thing in both tools."""
+    from search.export.mergekit_yaml import spec_recipe
+    from search.merging.oneshot import load_layout
+    from search.merging.spec import MergeSpec
+    from search.weights.parents import Parents
+
+    base, fts = parents
+    shared, per_model = SEARCH_CANDIDATES[method]
+    spec = MergeSpec(method=method, parameters=shared, model_parameters=tuple(per_model))
+    spec.check()
+    layout = load_layout(base)
+    ours = Parents.load(base, fts[:2], dtype=torch.float32).merged_state(spec)
+    recipe = spec_recipe(spec, base=str(base), models=[str(f) for f in fts[:2]], layout=layout)
+    assert ("base_model" in recipe) == (method != "karcher")  # karcher of a space averages the fine-tunes only
+    run_mergekit(recipe, tmp_path / "theirs")
+    theirs = load_state(tmp_path / "theirs")
+    worst = max((ours[n] - theirs[n]).abs().max().item() for n in theirs)
+    assert worst <= 1e-5, f"{method}: max abs difference {worst}"

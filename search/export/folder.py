@@ -135,8 +135,8 @@ def model_card(selection: Selection, item: Item, specs: dict[str, MergeSpec], re
                loaded: Any, run_dir: Path) -> str:
     """README.md: what the model is, where it came from, how it scored, how to rebuild it."""
     space = loaded.space
-    parents = "\n".join([f"- base: `{loaded.base_model}`"] +
-                        [f"- `{n}`: `{loaded.models[n]}`" for n in space.models])
+    base = [f"- base: `{loaded.base_model}`"] if space.base_model is not None else []  # checkpoints: no base
+    parents = "\n".join(base + [f"- `{n}`: `{loaded.models[n]}`" for n in space.models])
     ends = [ref_label(r) for r in item.ends] if item.ends else ["?", "?"]
     why = {
         "trial": "a trial of the search" + (" on the search-split frontier" if item.frontier else ""),
