@@ -106,3 +106,36 @@ def test_an_omitted_lawa_window_is_searched_up_to_the_number_of_checkpoints(
 def test_baselines_without_a_base() -> None:
     names = [b.name for b in hand_set_baselines(("a", "b"), seed=0, has_base=False)]
     assert names == ["uniform_soup", "only_a", "only_b"]
+
+
+@pytest.fixture(scope="module")
+def lora_parents(tmp_path_factory: pytest.TempPathFactory):
+    from lora_world import make_lora_world
+
+    from search.weights.parents import Parents
+
+    base, adapters = make_lora_world(tmp_path_factory.mktemp("lora_ckpt"))
+    return Parents.load(base, adapters, dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize(("method", "parameters"), [
+    ("checkpoint_average", {}), ("checkpoint_ema", {"decay": [0.2, 0.8]}), ("lawa", {"k": 2}),
+])
+def test_lora_checkpoints_average_as_factors_and_agree_with_dense(
+    lora_parents, method: str, parameters: dict
+) -> None:
+    """Adapter checkpoints of one run (LoRA): the averages are linear in the deltas, so they combine the low-rank
+    factors directly; the result is the dense merge's."""
+    from search.merging.spec import MergeSpec
+
+    parents = lora_parents
+    spec = MergeSpec(method=method, parameters=parameters,
+                     model_parameters=tuple({} for _ in range(parents.num_models)))
+    assert spec.merge_method.linear_coefficients is not None
+    factored = 0
+    for name in parents.names:
+        params = spec.tensor_params(name, parents.layout)
+        dense = spec.merge_method.merge(parents.base[name], parents.stacked_deltas(name), params)
+        torch.testing.assert_close(parents.merge_tensor(spec, name), dense, atol=2e-6, rtol=1e-6)
+        factored += parents.deltas[name].dense is None
+    assert factored > 0, "some tensors are held as factors only"
