@@ -11,6 +11,7 @@ result to the same method functions.
 
 from __future__ import annotations
 
+import difflib
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -66,7 +67,8 @@ class MergeSpec(BaseModel):
                     raise UserError(
                         f"'{pname}' is not a parameter of merge method '{method.name}'",
                         file=file, field=f"{where}.{pname}",
-                        fix=f"remove it, or use one of: {', '.join(known) or '(none)'}",
+                        fix=_did_you_mean(str(pname), list(known))
+                        + f"remove it, or use one of: {', '.join(known) or '(none)'}",
                     )
                 if where != parameters_field and not spec.per_model:
                     raise UserError(
@@ -209,3 +211,8 @@ def _cast(value: Any, kind: str) -> Any:
     if kind == "int":
         return int(round(float(value)))
     return float(value)
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"did you mean '{close[0]}'? " if close else ""

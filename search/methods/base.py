@@ -144,14 +144,16 @@ class MergeMethod:
     def check_model_count(self, is_base: Sequence[bool]) -> str | None:
         """Return a sentence saying why this many models cannot be merged, or None."""
         n = self.count_models(is_base)
-        what = "models besides the base" if self.excludes_base else "models"
+
+        def what(k: int) -> str:
+            return f"{k} model{'' if k == 1 else 's'}" + (" besides the base" if self.excludes_base else "")
+
         if self.max_models is not None and self.min_models == self.max_models and n != self.min_models:
-            exact = what.replace("models", "model", 1) if self.min_models == 1 else what
-            return f"'{self.name}' merges exactly {self.min_models} {exact}, got {n}"
+            return f"'{self.name}' merges exactly {what(self.min_models)}, got {n}"
         if n < self.min_models:
-            return f"'{self.name}' needs at least {self.min_models} {what}, got {n}"
+            return f"'{self.name}' needs at least {what(self.min_models)}, got {n}"
         if self.max_models is not None and n > self.max_models:
-            return f"'{self.name}' merges at most {self.max_models} {what}, got {n}"
+            return f"'{self.name}' merges at most {what(self.max_models)}, got {n}"
         return None
 
     def param(self, name: str) -> ParamSpec:

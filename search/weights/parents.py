@@ -15,6 +15,7 @@ in the task vectors use adapters' factors directly; the others see a dense stack
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,7 @@ class Parents:
             base: dict[str, torch.Tensor] = {}
             deltas: dict[str, TensorDeltas] = {}
             fixed: dict[str, torch.Tensor] = {}
+            moved = [False] * len(models)
             for name in checked.reference.names:
                 dense = reference.dense_value(name, reference, dtype=None, device=dev)  # type: ignore[arg-type]
                 if not dense.is_floating_point():
@@ -80,6 +82,8 @@ class Parents:
                     continue
                 dense = dense.to(dtype)
                 parts = delta_parts(reference, models, name, dense, dtype=dtype, device=dev)
+                for i, (d, f) in enumerate(parts):
+                    moved[i] = moved[i] or (d is not None and bool(d.any())) or (f is not None and bool(f[0].any()))
                 if all(d is not None and f is None for d, f in parts):
                     deltas[name] = TensorDeltas.from_dense(torch.stack([d for d, _ in parts]))  # type: ignore[misc]
                 else:
@@ -88,6 +92,11 @@ class Parents:
                     if reference.adapter is not None else dense
         finally:
             checked.close()
+        for label, path, changed in zip(labels, model_paths, moved):
+            if not changed:  # legitimate input, but almost surely not what was meant
+                warnings.warn(f"{label} ({path}) is identical to the base model: its task vector is zero, so it "
+                              "adds nothing to any merge (check that the path names the fine-tune)", UserWarning,
+                              stacklevel=2)
         return cls(base_path=checked.paths[0], model_paths=[Path(str(p)) for p in model_paths], layout=layout,
                    config=config, base=base, deltas=deltas, fixed=fixed, dtype=dtype, device=dev)
 
