@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from pathlib import Path
 
 import optuna
@@ -56,8 +57,12 @@ def test_a_space_of_checkpoints_without_a_base_searches_and_merges_exactly(
     _, checkpoints = family
     loaded = load_space(write_space(tmp_path, checkpoints))
     assert loaded.space.base_model is None and loaded.base_model == checkpoints[0]  # a reference only
-    summary = run_study(loaded, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = run_study(loaded, progress=False)
     assert summary.finished == 6
+    # the first checkpoint is the reference and a model: identical by construction, not a mistake to warn about
+    assert not [w for w in caught if "identical to the base" in str(w.message)]
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(tmp_path / "run"))
     # only baselines that need no base: the soup and each checkpoint alone
     assert {b.name for b in recorded_baselines(study)} == {"uniform_soup", "only_step1000", "only_step2000",
@@ -139,3 +144,20 @@ def test_lora_checkpoints_average_as_factors_and_agree_with_dense(
         torch.testing.assert_close(parents.merge_tensor(spec, name), dense, atol=2e-6, rtol=1e-6)
         factored += parents.deltas[name].dense is None
     assert factored > 0, "some tensors are held as factors only"
+
+
+def test_a_copy_of_the_base_still_warns_but_the_base_itself_listed_does_not(
+    family: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    import shutil
+
+    from search.weights.parents import Parents
+
+    base, _ = family
+    copy = tmp_path / "copy"
+    shutil.copytree(base, copy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Parents.load(base, [copy, base], labels=["models.copy", "models.itself"], dtype=torch.float32, device="cpu")
+    said = [str(w.message) for w in caught if "identical to the base" in str(w.message)]
+    assert len(said) == 1 and "models.copy" in said[0]
