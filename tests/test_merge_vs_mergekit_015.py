@@ -266,3 +266,38 @@ def test_a_search_candidate_is_rebuilt_by_mergekit_from_its_exported_recipe(
     theirs = load_state(tmp_path / "theirs")
     worst = max((ours[n] - theirs[n]).abs().max().item() for n in theirs)
     assert worst <= 1e-5, f"{method}: max abs difference {worst}"
+
+
+CHECKPOINT_CANDIDATES = {
+    "checkpoint_average": {},
+    "checkpoint_ema": {"decay": [{"kind": "attention", "value": PER_LAYER}, {"value": 0.5}]},
+    "lawa": {"k": 2},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(CHECKPOINT_CANDIDATES))
+def test_a_checkpoint_average_exports_as_the_equal_mergekit_linear_recipe(
+    method: str, parents: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """mergekit has no checkpoint methods: the exported YAML is its linear merge with the same weights, and
+    mergekit builds from it the model the (baseless) search merged."""
+    from search.export.mergekit_yaml import spec_notes, spec_recipe
+    from search.merging.oneshot import load_layout
+    from search.merging.spec import MergeSpec
+    from search.weights.parents import Parents
+
+    _, checkpoints = parents
+    spec = MergeSpec(method=method, parameters=CHECKPOINT_CANDIDATES[method],
+                     model_parameters=tuple({} for _ in checkpoints), has_base=False)
+    spec.check()
+    ours = Parents.load(checkpoints[0], checkpoints, dtype=torch.float32).merged_state(spec)
+    recipe = spec_recipe(spec, base=str(checkpoints[0]), models=[str(c) for c in checkpoints],
+                         layout=load_layout(checkpoints[0]))
+    assert recipe["merge_method"] == "linear" and "base_model" not in recipe
+    assert "linear" in " ".join(spec_notes(spec))
+    run_mergekit(recipe, tmp_path / "theirs")
+    theirs = load_state(tmp_path / "theirs")
+    worst = max((ours[n] - theirs[n]).abs().max().item() for n in theirs)
+    assert worst <= 1e-5, f"{method}: max abs difference {worst}"
+    assert max((ours[n] - load_state(checkpoints[-1])[n]).abs().max().item() for n in ours) > 1e-3

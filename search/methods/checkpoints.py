@@ -73,6 +73,12 @@ def _merge(
     return add_weighted_deltas(base, deltas, weights, out=out)
 
 
+def linear_weight(name: str, n: int, i: int, param: str | None, value: Any) -> float:
+    """Checkpoint ``i``'s weight in the ``linear`` merge that equals ``name`` at parameter value ``value``
+    (mergekit has no checkpoint methods; its ``linear`` with these weights builds the same model)."""
+    return checkpoint_weights(name, n, {} if param is None else {param: value})[i]
+
+
 def _count_check(n: int, values: Mapping[str, Any]) -> str | None:
     k = values.get("k")
     if k is not None and int(round(float(k))) > n:
@@ -94,6 +100,7 @@ def _method(name: str, specs: tuple[ParamSpec, ...], doc: str) -> MergeMethod:
     )
 
 
+CHECKPOINT_METHODS = ("checkpoint_average", "checkpoint_ema", "lawa")
 CHECKPOINT_AVERAGE = _method(
     "checkpoint_average", (),
     "Uniform average of checkpoints of one run (as in SWA), https://arxiv.org/abs/1803.05407",
