@@ -38,9 +38,15 @@ def pick_items(selection: Selection, pick: str, run_dir: Path) -> tuple[list[Ite
         return [selection.winner_item], specs
     if pick == "soup":
         soups = [it for it in selection.items if it.kind == "greedy_soup"]
-        if not soups:
-            raise UserError("this selection has no greedy soup (the study had a single candidate)",
-                            field="--pick", fix=f"pick {PICKS}")
+        if not soups:  # selection makes soups from the best `soup_size` complete candidates, when 2 or more
+            size = selection.options.soup_size
+            if size < 2:
+                why = f"`search select` ran with --soup-size {size}, and a soup needs at least 2 candidates"
+                fix = f"run `search select {run_dir} --soup-size 8`, then export again; or pick {PICKS}"
+            else:
+                why = "the study had fewer than 2 complete candidates (trials and baselines) to make one from"
+                fix = f"let the run finish more trials (`search resume {run_dir}`) and select again; or pick {PICKS}"
+            raise UserError(f"this selection has no greedy soup: {why}", field="--pick", fix=fix)
         return soups, specs
     if pick == "pareto":
         return [it for it in selection.items if it.frontier], specs
