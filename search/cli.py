@@ -254,7 +254,9 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(rc, int) and rc != 0:  # typer.Exit(code) is returned, not raised, without standalone mode
             sys.exit(rc)
     except UserError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(UserError.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
