@@ -119,3 +119,24 @@ def test_rslora_scale(parents: Parents, lora_world: tuple[Path, list[Path]]) -> 
         assert pat.modules["model.layers.0.mlp.up_proj.weight"][0].rank == 2
         assert pat.modules["model.layers.0.self_attn.o_proj.weight"][0].scale == pytest.approx(3 / 4)
         assert pat.modules["model.layers.0.self_attn.k_proj.weight"][0].scale == pytest.approx(16 / 4)
+
+
+def test_adapter_export_refuses_what_is_not_low_rank(parents: Parents, tmp_path: Path) -> None:
+    from search.errors import UserError
+    from search.export.adapter import adapter_plan
+
+    ties = MergeSpec(method="ties", model_parameters=({"weight": 1.0}, {"weight": 1.0}, {"weight": 1.0}))
+    with pytest.raises(UserError, match="not linear"):
+        adapter_plan(parents, [(ties, 1.0)])
+    scaled = MergeSpec(method="linear", parameters={"normalize": False},
+                       model_parameters=({"weight": 0.5}, {"weight": 0.2}, {"weight": 0.1}))
+    with pytest.raises(UserError, match="scales the base"):
+        adapter_plan(parents, [(scaled, 1.0)])
+    ta = MergeSpec(method="task_arithmetic", model_parameters=({"weight": 1.0}, {"weight": 0.5}, {"weight": 0.0}))
+    plan = adapter_plan(parents, [(ta, 0.5), (ta, 0.5)])            # a soup of linear merges is linear
+    assert plan.ranks["model.layers.0.self_attn.q_proj"] == 4 + 8 and "lm_head" not in plan.modules_to_save
+    base, fts = make_family(tmp_path / "fam", 2)
+    full = Parents.load(base, fts, dtype=torch.float32, device="cpu")
+    with pytest.raises(UserError, match="full checkpoints"):
+        adapter_plan(full, [(MergeSpec(method="task_arithmetic", model_parameters=({"weight": 1.0},
+                                                                                    {"weight": 1.0})), 1.0)])
