@@ -140,3 +140,13 @@ def test_adapter_export_refuses_what_is_not_low_rank(parents: Parents, tmp_path:
     with pytest.raises(UserError, match="full checkpoints"):
         adapter_plan(full, [(MergeSpec(method="task_arithmetic", model_parameters=({"weight": 1.0},
                                                                                     {"weight": 1.0})), 1.0)])
+
+
+def test_task_vector_bytes_from_headers(parents: Parents, lora_world: tuple[Path, list[Path]]) -> None:
+    from search.weights.sizes import task_vector_bytes
+
+    base, adapters = lora_world
+    planned = sum(task_vector_bytes(a, itemsize=4) for a in adapters)
+    assert planned == sum(d.nbytes for d in parents.deltas.values())       # what loading holds, to the byte
+    assert task_vector_bytes(base, itemsize=4) == parents.model_nbytes()   # a full checkpoint: the whole model
+    assert task_vector_bytes(adapters[0], itemsize=2) * 2 == task_vector_bytes(adapters[0], itemsize=4)
