@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,9 +167,9 @@ class LoraAdapter:
         unknown = [n for n in list(self.modules) + list(self.replacements) if n not in stored]
         if not unknown:
             return
-        aliases = aliases()
+        stored_name = aliases()
         for name in unknown:
-            target = aliases.get(name)
+            target = stored_name.get(name)
             if target is None or target not in stored:
                 continue
             if name in self.modules:
@@ -260,17 +260,6 @@ class LoraAdapter:
         """The full value this adapter gives ``name`` (modules_to_save), or None."""
         key = self.replacements.get(name)
         return None if key is None else self.get(key, dtype=dtype, device=device)
-
-    def factor_nbytes(self, itemsize: int) -> int:
-        """Bytes of all factors at ``itemsize`` bytes per element (from the headers)."""
-        total = 0
-        for entries in self.modules.values():
-            for m in entries:
-                total += (math.prod(self._shape(m.a_key)) + math.prod(self._shape(m.b_key))) * itemsize
-        return total
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
 
     def close(self) -> None:
         self._stack.close()

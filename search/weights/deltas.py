@@ -126,12 +126,10 @@ def _add_product(target: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> 
 
 
 def merge_tensor(method: MergeMethod, base: torch.Tensor, deltas: TensorDeltas, params: TensorParams, *,
-                 seed: int | None = None, out: torch.Tensor | None = None,
-                 scratch: torch.Tensor | None = None) -> torch.Tensor:
+                 seed: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Merge one tensor: factors used directly where the method is linear in the deltas, else the dense stack
-    materialised (into ``scratch`` when given: one ``(k, *shape)`` buffer reused across tensors)."""
+    materialised for this tensor only (the stored stack itself when every parent is dense)."""
     if method.linear_coefficients is not None and not deltas.all_dense:
         beta, coeffs = method.linear_coefficients(params, deltas.k)
-        result = deltas.add_linear(base, coeffs, beta=beta, out=out)
-        return result
-    return method.merge(base, deltas.stacked(out=scratch), params, seed=seed, out=out)
+        return deltas.add_linear(base, coeffs, beta=beta, out=out)
+    return method.merge(base, deltas.stacked(), params, seed=seed, out=out)
