@@ -17,8 +17,10 @@ depend on their values), then prints, measured in this one run:
 prints, for 4 rank-16 adapters on every attention/MLP projection: the parents' task-vector bytes held as factors
 against the same task vectors held dense, and per-candidate seconds of a task_arithmetic (and linear) merge from
 the factors against the same merge from dense deltas. The dense task vectors (4 x model, 8 GB in fp32 at the
-default shape) are materialised one tensor at a time, each tensor's merge timed and summed, so the comparison fits
-a small machine; the dense bytes are those a resident dense ``Parents`` would hold (k x model).
+default shape) are materialised one tensor at a time and both merges of that tensor timed back to back, summed
+over tensors, so the comparison fits a small machine; the dense bytes are those a resident dense ``Parents``
+would hold (k x model). From factors a merge costs 2 x rank flops per element (a matmul), from dense deltas it
+moves (k + 2) x 4 bytes per element: which wins depends on the machine's flops-to-bandwidth ratio.
 """
 
 from __future__ import annotations
@@ -137,8 +139,7 @@ def lora_case(args: argparse.Namespace, cfg: dict, work: Path) -> None:
                     "--intermediate", str(args.intermediate), "--vocab", str(args.vocab)], check=True)
     adapters = write_adapters(work, cfg, 4, args.rank)
     parents = Parents.load(work / "base", adapters, dtype=torch.float32, device="cpu")
-    model = parents.build_model()
-    state = model.state_dict()
+    state = parents.build_model().state_dict()
     model_bytes = parents.model_nbytes()
     lora_bytes = sum(d.nbytes for d in parents.deltas.values())
     dense_bytes = parents.num_models * model_bytes
@@ -148,22 +149,25 @@ def lora_case(args: argparse.Namespace, cfg: dict, work: Path) -> None:
           f"vs {dense_bytes / 1e6:9.1f} MB dense: {dense_bytes / lora_bytes:6.1f}x smaller")
     for method, cand in LORA_CANDIDATES.items():
         spec = MergeSpec(method=method, **cand)
-        seconds_lora = time_in_memory(parents, model, spec, args.repeats)
-        seconds_dense = 0.0
+        seconds = {"factors": 0.0, "dense": 0.0}
         with torch.no_grad():
-            for name in parents.names:  # the same merge from dense task vectors, one tensor resident at a time
-                dense = TensorDeltas.from_dense(parents.deltas[name].stacked())
+            # tensor by tensor, both ways back to back (best of --repeats each), so load spikes on a shared
+            # machine hit both alike; the dense task vectors of one tensor are resident at a time
+            for name in parents.names:
                 params = spec.tensor_params(name, parents.layout)
-                merge_tensor(spec.merge_method, parents.base[name], dense, params, out=state[name])  # warm-up
-                best = float("inf")
-                for _ in range(args.repeats):
-                    t0 = time.perf_counter()
-                    merge_tensor(spec.merge_method, parents.base[name], dense, params, out=state[name])
-                    best = min(best, time.perf_counter() - t0)
-                seconds_dense += best
-                del dense
-        print(f"  {method:16s} per candidate: {seconds_lora:7.3f} s from factors vs {seconds_dense:7.3f} s from "
-              f"dense deltas: {seconds_dense / seconds_lora:5.2f}x")
+                dense = TensorDeltas.from_dense(parents.stacked_deltas(name))
+                ways = {"factors": parents.deltas[name], "dense": dense}
+                for way, deltas in ways.items():
+                    merge_tensor(spec.merge_method, parents.base[name], deltas, params, out=state[name])  # warm-up
+                    best = float("inf")
+                    for _ in range(args.repeats):
+                        t0 = time.perf_counter()
+                        merge_tensor(spec.merge_method, parents.base[name], deltas, params, out=state[name])
+                        best = min(best, time.perf_counter() - t0)
+                    seconds[way] += best
+                del ways, dense
+        print(f"  {method:16s} per candidate: {seconds['factors']:7.3f} s from factors vs {seconds['dense']:7.3f} s "
+              f"from dense deltas: {seconds['dense'] / seconds['factors']:5.2f}x")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(f"peak resident memory {peak / 1e9:.2f} GB (base + working model = {2 * model_bytes / 1e9:.2f} GB)")
 

@@ -25,6 +25,7 @@ supported: they change the architecture or the vocabulary, which a weight search
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from search.config.yaml_io import load_model
 from search.errors import UserError
 from search.merging.coefficients import Setting
-from search.merging.spec import MergeSpec
+from search.merging.spec import IgnoredParameterWarning, MergeSpec
+from search.methods import METHODS
 from search.weights.gguf import model_folder
 from search.weights.sources import ParentRef, parse_reference
 
@@ -92,15 +94,35 @@ class Recipe(BaseModel):
         return data
 
     def spec(self) -> MergeSpec:
-        """The method and settings, with the base's position in ``models`` when it is listed there."""
+        """The method and settings, with the base's position in ``models`` when it is listed there.
+
+        As in mergekit, an unlisted ``base_model`` is one more input: methods that ignore the base (linear,
+        karcher, passthrough) merge it as a model, after the listed ones. Parameters the method does not take
+        are left out (mergekit ignores them; :meth:`ignored_parameters` names them).
+        """
         base_index = next((i for i, m in enumerate(self.models) if m.model == self.base_model), None)
+        model_parameters = [dict(m.parameters or {}) for m in self.models]
+        method = METHODS.get(self.merge_method)
+        appended = (self.base_model is not None and base_index is None and method is not None
+                    and method.takes_base and not method.excludes_base)
+        if appended:
+            model_parameters.append({})
+            base_index = len(model_parameters) - 1
         return MergeSpec(
             method=self.merge_method,
             parameters=dict(self.parameters or {}),
-            model_parameters=tuple(dict(m.parameters or {}) for m in self.models),
+            model_parameters=tuple(model_parameters),
             base_index=base_index,
             seed=self.seed,
-        )
+            has_base=self.base_model is not None,
+            base_appended=appended,
+        ).without_ignored()
+
+    def ignored_parameters(self) -> list[str]:
+        """The fields of parameters mergekit would silently ignore for this method (see MergeSpec)."""
+        spec = MergeSpec(method=self.merge_method, parameters=dict(self.parameters or {}),
+                         model_parameters=tuple(dict(m.parameters or {}) for m in self.models))
+        return spec.ignored_parameters()
 
     @property
     def compute_dtype(self) -> torch.dtype | None:
@@ -113,9 +135,18 @@ class Recipe(BaseModel):
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file; any problem is a UserError naming file, line, field and fix."""
+    """Read and validate a recipe file; any problem is a UserError naming file, line, field and fix.
+
+    Parameters the method does not take (but another does) are ignored with an :class:`IgnoredParameterWarning`,
+    as mergekit ignores them silently.
+    """
     path = Path(path)
     recipe = load_model(Recipe, path, what="recipe")
+    ignored = recipe.ignored_parameters()
+    if ignored:
+        warnings.warn(IgnoredParameterWarning(
+            f"{path}: merge method '{recipe.merge_method}' does not take {', '.join(ignored)}; ignored, as mergekit "
+            "ignores them"), stacklevel=2)
     recipe.spec().check(file=str(path))
     return recipe
 

@@ -22,15 +22,12 @@ from typing import Any
 
 import yaml
 
+from search.errors import UserError
 from search.merging.coefficients import Condition, resolve_setting
 from search.merging.spec import MergeSpec
+from search.methods.registry import MERGEKIT_METHODS  # same equations as mergekit 0.1.5 (tests/test_methods_*)
 from search.weights.layout import MODULE_KINDS, ModelLayout
 
-# Our methods that mergekit 0.1.5 implements with the same equations (tests/test_methods_vs_mergekit.py).
-MERGEKIT_METHODS = frozenset({
-    "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "breadcrumbs",
-    "breadcrumbs_ties", "della", "della_linear", "model_stock",
-})
 _TOLERANCE = 1e-12
 
 
@@ -145,7 +142,7 @@ def spec_recipe(spec: MergeSpec, *, base: str, models: Sequence[str], layout: Mo
     """The mergekit config of one merge spec over our parents (``models`` in the spec's order)."""
     method = spec.merge_method
     doc: dict[str, Any] = {"merge_method": spec.method}
-    if method.needs_base:
+    if method.needs_base or (method.optional_base and spec.has_base):  # nuslerp/multislerp: around the base
         doc["base_model"] = base
     listed = []
     for path, params in zip(models, spec.model_parameters):
@@ -178,20 +175,14 @@ def spec_notes(spec: MergeSpec) -> list[str]:
 
 def _linear_coefficients(spec: MergeSpec, name: str, layout: ModelLayout) -> list[float] | None:
     """Per-model ``a`` with ``merge(spec) = base + sum_i a_i delta_i`` for this tensor, or None."""
-
-    if spec.base_index is not None or spec.method not in ("task_arithmetic", "linear"):
+    linear = spec.merge_method.linear_coefficients
+    if spec.base_index is not None or linear is None:
         return None
-    params = spec.tensor_params(name, layout)
-    weights = [float(w) for w in params.per_model["weight"].tolist()]
-    total = sum(weights)
-    normalize = bool(params.globals.get("normalize", spec.merge_method.param("normalize").default))
-    if spec.method == "linear":
-        if not normalize or abs(total) < 1e-8:
-            return None  # base * sum(w): not base + sum a_i delta_i
-        return [w / total for w in weights]
-    lam = float(params.globals.get("lambda", 1.0))
-    divisor = total if normalize and abs(total) >= 1e-8 else 1.0
-    return [w * lam / divisor for w in weights]
+    try:
+        beta, coeffs = linear(spec.tensor_params(name, layout), len(spec.model_parameters))
+    except UserError:  # linear, normalize: true, weights summing to 0
+        return None
+    return coeffs if beta == 1.0 else None  # base * beta: not base + sum a_i delta_i
 
 
 def _setting_for(values: dict[str, float], layout: ModelLayout) -> Any:

@@ -36,6 +36,10 @@ def merge_recipe(recipe_path: str | Path, out_dir: str | Path, *, allow_pickle: 
     if method.needs_base and recipe.base_model is None:
         raise UserError(f"merge method '{method.name}' needs a base model", file=recipe_path, field="base_model",
                         fix="add 'base_model: <path of the model the others were fine-tuned from>'")
+    if not method.takes_base and recipe.base_model is not None:
+        raise UserError(f"merge method '{method.name}' takes no base model: it averages the listed checkpoints",
+                        file=recipe_path, field="base_model",
+                        fix="remove 'base_model' and list the checkpoints under 'models', oldest first")
     check_destination(out_dir, overwrite=overwrite)
     parents = _check(recipe, recipe_path, allow_pickle)
     try:
@@ -89,6 +93,8 @@ def _merge_tensors(spec: MergeSpec, recipe: Recipe, parents: CheckedParents, lay
     has_base = recipe.base_model is not None
     reference = parents.parents[0]
     models = parents.parents[1:] if has_base else parents.parents
+    if spec.base_appended:  # mergekit merges an unlisted base as one more input, after the listed ones
+        models = [*models, reference]
     names = parents.reference.names
     columns = (TextColumn("merging"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=True) as bar:

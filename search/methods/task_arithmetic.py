@@ -134,7 +134,7 @@ def _sparse_rows(
     densities = model_values(params, variant.density, k)
     gammas = model_values(params, GAMMA, k) if variant.sparsification == "magnitude_outliers" else None
     epsilons = model_values(params, EPSILON, k) if variant.sparsification == "della_magprune" else None
-    generator = make_generator(seed, deltas.device) if variant.random else None
+    generator = make_generator(seed) if variant.random else None
     for i in rows:
         delta = deltas[i]
         if variant.sparsification == "magnitude":
