@@ -150,3 +150,15 @@ def test_task_vector_bytes_from_headers(parents: Parents, lora_world: tuple[Path
     assert planned == sum(d.nbytes for d in parents.deltas.values())       # what loading holds, to the byte
     assert task_vector_bytes(base, itemsize=4) == parents.model_nbytes()   # a full checkpoint: the whole model
     assert task_vector_bytes(adapters[0], itemsize=2) * 2 == task_vector_bytes(adapters[0], itemsize=4)
+
+
+def test_half_precision_adapters_merge_in_float32(lora_world: tuple[Path, list[Path]], parents: Parents) -> None:
+    base, adapters = lora_world
+    half = Parents.load(base, adapters, dtype=torch.bfloat16, device="cpu")
+    spec = MergeSpec(method="task_arithmetic", model_parameters=({"weight": 0.5}, {"weight": -0.4}, {"weight": 0.7}))
+    for name in half.names:
+        fast = half.merge_tensor(spec, name)
+        assert fast.dtype == torch.bfloat16
+        exact = parents.merge_tensor(spec, name)                    # the float32 parents
+        # one bf16 rounding of inputs and output: within a few bf16 ulps of the float32 merge
+        torch.testing.assert_close(fast.float(), exact, atol=2e-2 * exact.abs().max().item(), rtol=2 ** -6)

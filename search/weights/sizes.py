@@ -50,12 +50,17 @@ def float_elements(entries: dict[str, tuple[str, tuple[int, ...]]]) -> int:
     return sum(math.prod(shape) for dtype, shape in entries.values() if dtype in _FLOAT_DTYPES)
 
 
-def task_vector_bytes(path: str | Path, *, itemsize: int) -> int:
-    """Bytes of the task vector ``path`` gives (an adapter folder or a full checkpoint folder) at ``itemsize``
-    bytes per element (4 for float32, 2 for bf16/fp16)."""
+def task_vector_elements(path: str | Path) -> int:
+    """Elements the task vector of ``path`` holds: an adapter's factors and saved tensors, or every floating
+    tensor of a full checkpoint folder. A memory plan multiplies by the storage dtype's size."""
     folder = Path(path)
     if is_adapter(folder):
         if not (folder / SAFE_WEIGHTS).exists():
             raise FileNotFoundError(f"{folder / SAFE_WEIGHTS} (a pickled {PICKLE_WEIGHTS} has no readable header)")
-        return float_elements(header(folder / SAFE_WEIGHTS)) * itemsize
-    return float_elements(folder_header(folder)) * itemsize
+        return float_elements(header(folder / SAFE_WEIGHTS))
+    return float_elements(folder_header(folder))
+
+
+def task_vector_bytes(path: str | Path, *, itemsize: int) -> int:
+    """Bytes of the task vector ``path`` gives at ``itemsize`` bytes per element (4: float32, 2: bf16/fp16)."""
+    return task_vector_elements(path) * itemsize
