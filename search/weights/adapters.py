@@ -95,8 +95,11 @@ class LoraAdapter:
         lora = _lora_config(folder, config, source, field_name)
         adapter = cls(path=folder, config=config, modules={}, replacements={}, source=source,
                       field_name=field_name)
-        shapes = adapter._open_weights(allow_pickle)
-        adapter._index(shapes, lora)
+        try:
+            adapter._index(adapter._open_weights(allow_pickle), lora)
+        except BaseException:
+            adapter.close()
+            raise
         return adapter
 
     # -- reading -----------------------------------------------------------------------------------------
