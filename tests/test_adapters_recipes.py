@@ -123,7 +123,6 @@ def bad_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     gpt2 = make_base(root / "gpt2", arch="gpt2")                       # targets Llama does not have
     make_adapter(gpt2, root / "gpt2_adapter", seed=4, target_modules=["c_attn"], fan_in_fan_out=True)
     shutil.copytree(root / "good", root / "pickled")
-    state = {}
     from safetensors.torch import load_file
 
     state = load_file(str(root / "pickled" / "adapter_model.safetensors"))

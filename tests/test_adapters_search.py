@@ -53,6 +53,7 @@ def trials_of(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir)).get_trials(deepcopy=False)
 
 
+@pytest.mark.slow
 def test_search_over_adapters_in_process_then_export(lora_world: tuple[Path, list[Path]], tmp_path: Path,
                                                      single_thread: None) -> None:
     space = write_space(tmp_path, lora_world)
