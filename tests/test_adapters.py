@@ -162,3 +162,12 @@ def test_half_precision_adapters_merge_in_float32(lora_world: tuple[Path, list[P
         exact = parents.merge_tensor(spec, name)                    # the float32 parents
         # one bf16 rounding of inputs and output: within a few bf16 ulps of the float32 merge
         torch.testing.assert_close(fast.float(), exact, atol=2e-2 * exact.abs().max().item(), rtol=2 ** -6)
+
+
+def test_factor_bytes_from_the_adapter_header(parents: Parents, lora_world: tuple[Path, list[Path]]) -> None:
+    from search.weights.adapters import LoraAdapter
+
+    with LoraAdapter.open(lora_world[1][1]) as rslora:                # every projection, r = 8, no saved tensors
+        held = sum(sum(u.numel() + d.numel() for i, (u, d) in tv.factors.items() if i == 1) * 4
+                   for tv in parents.deltas.values())
+        assert rslora.factor_nbytes(4) == held

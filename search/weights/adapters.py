@@ -264,6 +264,12 @@ class LoraAdapter:
         key = self.replacements.get(name)
         return None if key is None else self.get(key, dtype=dtype, device=device)
 
+    def factor_nbytes(self, itemsize: int) -> int:
+        """Bytes of all LoRA factors at ``itemsize`` bytes per element, from the headers (the memory plan's
+        count; ``search.weights.sizes`` counts a whole folder without opening it)."""
+        return sum((math.prod(self._shape(m.a_key)) + math.prod(self._shape(m.b_key))) * itemsize
+                   for entries in self.modules.values() for m in entries)
+
     def close(self) -> None:
         self._stack.close()
         self._handle = None
