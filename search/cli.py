@@ -286,12 +286,20 @@ def export(
     out: Path = typer.Option(None, "--out", help="folder to write into (default RUN_DIR/export)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing export folders"),
     device: str = typer.Option("cpu", "--device", help="where to compute the weights (cpu, cuda)"),
+    as_: str = typer.Option("folder", "--as", help="folder (a full HF model) or adapter (a PEFT LoRA, for a "
+                                                   "linear merge of LoRA adapters)"),
 ) -> None:
     """Write picked models as Hugging Face folders, each with a model card and a mergekit YAML beside it."""
     from search.export.folder import export_run
 
-    for folder in export_run(run_dir, pick, out=out, overwrite=overwrite, device=device):
-        typer.echo(f"{folder}  (mergekit recipe: {folder.parent / (folder.name + '.mergekit.yaml')})")
+    if as_ not in ("folder", "adapter"):
+        raise UserError(f"--as {as_} is not a format", field="--as", fix="write --as folder or --as adapter")
+    for folder in export_run(run_dir, pick, out=out, overwrite=overwrite, device=device,
+                             as_adapter=as_ == "adapter"):
+        if as_ == "adapter":
+            typer.echo(f"{folder}  (PEFT LoRA adapter of {folder.name})")
+        else:
+            typer.echo(f"{folder}  (mergekit recipe: {folder.parent / (folder.name + '.mergekit.yaml')})")
 
 
 @app.command()
@@ -356,7 +364,9 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(rc, int) and rc != 0:  # typer.Exit(code) is returned, not raised, without standalone mode
             sys.exit(rc)
     except UserError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(UserError.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from search.config.yaml_io import FieldError, load_model, located
 from search.errors import UserError
+from search.weights.gguf import model_folder
 
 SamplerName = Literal["tpe", "cmaes", "nsgaii", "nsgaiii", "gp", "qmc", "random"]
 PrunerName = Literal["none", "median", "successive_halving", "baseline", "pareto"]
@@ -372,7 +373,8 @@ def load_space(path: str | Path, *, output: str | Path | None = None) -> LoadedS
         if must_exist and not p.exists():
             raise located(UserError(f"path '{value}' does not exist (resolved to {p})", file=path, field=field,
                                     fix="give a local Hugging Face model folder, relative to the space file"))
-        return p
+        # a GGUF parent is read from its dequantized, cached HF folder (converted once)
+        return model_folder(p, dtype=space.dtype, file=path, field=field) if must_exist else p
 
     models = {name: resolve(p, f"models.{name}") for name, p in space.models.items()}
     out = Path(output) if output is not None else resolve(space.output, "output", must_exist=False)

@@ -85,8 +85,12 @@ def _trial_item(run_dir: Path, number: int, specs: dict[str, MergeSpec]) -> Item
 
 
 def export_run(run_dir: str | Path, pick: str, *, out: str | Path | None = None, overwrite: bool = False,
-               device: str = "cpu") -> list[Path]:
-    """Write the picked models under ``out`` (default ``RUN_DIR/export``); returns their folders."""
+               device: str = "cpu", as_adapter: bool = False) -> list[Path]:
+    """Write the picked models under ``out`` (default ``RUN_DIR/export``); returns their folders.
+
+    ``as_adapter``: a merge of LoRA adapters that is linear in them is written as one PEFT LoRA adapter
+    (:mod:`search.export.adapter`) instead of a full model folder.
+    """
     from search.merging.oneshot import load_layout
     from search.selection.select import loaded_from_run
     from search.weights.dtypes import storage_dtype_name
@@ -110,6 +114,19 @@ def export_run(run_dir: str | Path, pick: str, *, out: str | Path | None = None,
                            labels=[f"models.{n}" for n in space.models],
                            source=str(run_dir / "resolved.json"))
     written = []
+    if as_adapter:
+        from search.export.adapter import adapter_plan, write_adapter
+
+        plans = [adapter_plan(parents, [(specs[p.ref], p.coefficient) for p in item.parts]) for item in items]
+        for item, plan in zip(items, plans):  # every pick is checked before the first is written
+            card = model_card(selection, item, specs, mixture_recipe(
+                [(specs[p.ref], p.coefficient) for p in item.parts], base=str(loaded.base_model),
+                models=mergekit_models, layout=layout, dtype=space.dtype,
+                stage_names=[p.ref.replace(":", "_") for p in item.parts]), loaded, run_dir)
+            card = card.replace("library_name: transformers", f"library_name: peft\nbase_model: {loaded.base_model}")
+            written.append(write_adapter(plan, out_root / item.id, base=loaded.base_model, card=card,
+                                         overwrite=overwrite))
+        return written
     for item in items:
         mixture = [(specs[p.ref], p.coefficient) for p in item.parts]
         recipe = mixture_recipe(mixture, base=str(loaded.base_model), models=mergekit_models, layout=layout,

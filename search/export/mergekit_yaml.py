@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from search.errors import UserError
 from search.merging.coefficients import Condition, resolve_setting
 from search.merging.spec import MergeSpec
 from search.methods.checkpoints import CHECKPOINT_METHODS, linear_weight
@@ -211,20 +212,14 @@ def spec_notes(spec: MergeSpec) -> list[str]:
 
 def _linear_coefficients(spec: MergeSpec, name: str, layout: ModelLayout) -> list[float] | None:
     """Per-model ``a`` with ``merge(spec) = base + sum_i a_i delta_i`` for this tensor, or None."""
-
-    if spec.base_index is not None or spec.method not in ("task_arithmetic", "linear"):
+    linear = spec.merge_method.linear_coefficients
+    if spec.base_index is not None or linear is None:
         return None
-    params = spec.tensor_params(name, layout)
-    weights = [float(w) for w in params.per_model["weight"].tolist()]
-    total = sum(weights)
-    normalize = bool(params.globals.get("normalize", spec.merge_method.param("normalize").default))
-    if spec.method == "linear":
-        if not normalize or abs(total) < 1e-8:
-            return None  # base * sum(w): not base + sum a_i delta_i
-        return [w / total for w in weights]
-    lam = float(params.globals.get("lambda", 1.0))
-    divisor = total if normalize and abs(total) >= 1e-8 else 1.0
-    return [w * lam / divisor for w in weights]
+    try:
+        beta, coeffs = linear(spec.tensor_params(name, layout), len(spec.model_parameters))
+    except UserError:  # linear, normalize: true, weights summing to 0
+        return None
+    return coeffs if beta == 1.0 else None  # base * beta: not base + sum a_i delta_i
 
 
 def _setting_for(values: dict[str, float], layout: ModelLayout) -> Any:
