@@ -125,3 +125,41 @@ def test_seeded_methods_give_the_same_weights_on_cuda_and_cpu(name: str) -> None
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-5, atol=1e-6)
     dare = random_mask(deltas[0].cuda(), 0.3, make_generator(5))
     assert dare is not None and torch.equal(dare.cpu(), random_mask(deltas[0], 0.3, make_generator(5)))
+
+
+SCORE = '''
+import torch
+
+def score(model, tokenizer, docs):
+    assert model.lm_head.weight.dtype == torch.bfloat16, model.lm_head.weight.dtype
+    with torch.no_grad():
+        return {"score": float(model.lm_head.weight.float().abs().mean())}
+'''
+
+
+@pytest.mark.slow
+def test_a_bf16_family_is_searched_in_bf16_by_default(tmp_path, capsys) -> None:
+    """dtype auto on a bf16 checkpoint: the plan says bfloat16, the working model is bf16, trials complete."""
+    import yaml
+    from tiny import make_family
+    from transformers import AutoModelForCausalLM
+
+    from search.cli import main
+
+    base, models = make_family(tmp_path / "fam", 2, layers=2)
+    for folder in (base, *models):
+        AutoModelForCausalLM.from_pretrained(str(folder)).to(torch.bfloat16).save_pretrained(str(folder))
+    assert config_dtype_name(base) == "bfloat16"
+    (tmp_path / "score.py").write_text(SCORE)
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"i": i}) + "\n" for i in range(4)))
+    space = {"base_model": str(base), "models": {"a": str(models[0]), "b": str(models[1])},
+             "methods": {"dare_ties": {"weight": [0.2, 1.0], "density": [0.3, 0.9]}},
+             "objectives": [{"name": "s", "evaluator": {"type": "python", "function": "score.py:score",
+                                                        "data": "docs.jsonl"}, "metric": "score"}],
+             "pruner": {"name": "none", "slices": [1.0]}, "baselines": False, "budget": {"trials": 2},
+             "device": "cpu", "output": "run"}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    main(["start", str(tmp_path / "space.yaml"), "--quiet", "--no-select"])
+    captured = capsys.readouterr()
+    assert "memory plan per worker: bfloat16 storage, placement resident" in captured.err
+    assert "2 trials (2 complete" in captured.out

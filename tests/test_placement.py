@@ -164,3 +164,27 @@ def test_stream_on_cuda_gives_the_resident_merge():
         out = method.merge(b, d, params)
         torch.testing.assert_close(out.cpu(), method.merge(base[name].to(device), deltas[name].to(device),
                                                            params).cpu(), rtol=0, atol=0)
+
+
+def test_in_process_worker_sets_torch_threads_to_its_share(family, tmp_path: Path):
+    import json
+
+    from search.backends.base import available_cores, thread_share
+    from search.backends.inprocess import InProcessBackend
+    from search.study.trial import ObjectiveConfig, WorkerConfig
+
+    base, models = family
+    (tmp_path / "score.py").write_text("def score(model, tokenizer, docs):\n    return {'s': 1.0}\n")
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"i": i}) + "\n" for i in range(6)))
+    config = WorkerConfig(base_model=str(base), models=tuple(str(m) for m in models), model_names=("a", "b", "c"),
+                          objectives=(ObjectiveConfig("s", {"type": "python", "function": "score.py:score",
+                                                            "data": "docs.jsonl"}, "s"),),
+                          space_file=str(tmp_path / "space.yaml"), device="cpu")
+    before = torch.get_num_threads()
+    torch.set_num_threads(available_cores() + 3)  # oversubscribed, as a default on a shared machine can be
+    try:
+        InProcessBackend(config).start()
+        assert torch.get_num_threads() == thread_share(available_cores()) == available_cores()
+    finally:
+        torch.set_num_threads(before)
+    assert thread_share(available_cores() * 4, 4) == available_cores()

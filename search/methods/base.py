@@ -160,6 +160,9 @@ class MergeMethod:
         and deltas are upcast, merged, and the result written back in the storage dtype — so a bf16 search
         differs from a float32 one by the rounding of its inputs and output only.
         """
+        if out is not None and out.device != base.device:  # a working model sharded over devices: merge, then move
+            out.copy_(self.merge(base, deltas, params, seed=seed))
+            return out
         if base.dtype in HALF_DTYPES or deltas.dtype in HALF_DTYPES:
             storage = base.dtype if out is None else out.dtype
             result = self.fn(base.float(), deltas.float(), params, seed, None)

@@ -96,7 +96,7 @@ class Worker:
                                     device=self.device, allow_pickle=config.allow_pickle,
                                     trust_remote_code=config.trust_remote_code,
                                     labels=[f"models.{n}" for n in config.model_names], source=config.space_file)
-        self.model = self.parents.build_model()
+        self.model = self.parents.build_model(self._shards())
         self.tokenizer = AutoTokenizer.from_pretrained(config.base_model, trust_remote_code=config.trust_remote_code)
         # objectives that share an evaluator spec share one evaluator (and one scoring pass)
         self._evaluators: dict[str, Any] = {}
@@ -119,6 +119,15 @@ class Worker:
                             file=config.space_file, field="objectives",
                             fix="check the evaluator configuration and code") from exc
         self.load_seconds = time.perf_counter() - t0
+
+    def _shards(self) -> dict[str, torch.device] | None:
+        """Tensor -> GPU when the working model spans ``gpus`` GPUs (layers split evenly), else None."""
+        from search.weights.placement import layer_devices, visible_devices
+
+        devices = visible_devices(self.config.gpus, self.device)
+        if len(devices) == 1:
+            return None
+        return layer_devices(self.parents.layout, self.parents.names, devices)
 
     def merge(self, spec: MergeSpec) -> float:
         """Merge ``spec`` into the working model in place; seconds taken. NaN/inf weights fail the candidate."""
