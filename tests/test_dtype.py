@@ -56,6 +56,26 @@ def test_bf16_merge_is_the_float32_merge_rounded_to_bf16(name: str) -> None:
     torch.testing.assert_close(out, reference.to(torch.bfloat16), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ["linear", "task_arithmetic"])
+def test_elementwise_methods_merge_long_tensors_in_float32_slices(name: str) -> None:
+    """Slices of a long tensor (several chunks and a ragged end) give the whole-tensor float32 result exactly."""
+    from search.methods.base import CHUNK_CPU
+
+    method = METHODS[name]
+    assert method.elementwise
+    g = torch.Generator().manual_seed(4)
+    n = 3 * CHUNK_CPU + 17
+    base, deltas = torch.randn(n, generator=g).bfloat16(), (0.01 * torch.randn(3, n, generator=g)).bfloat16()
+    params = _params(method, 3)
+    reference = method.merge(base.float(), deltas.float(), params).to(torch.bfloat16)
+    out = torch.empty(n, dtype=torch.bfloat16)
+    method.merge(base, deltas, params, out=out)
+    assert torch.equal(out, reference) and torch.equal(method.merge(base, deltas, params), reference)
+    strided = torch.empty((n, 2), dtype=torch.bfloat16)[:, 0]  # a non-contiguous destination
+    method.merge(base, deltas, params, out=strided)
+    assert torch.equal(strided, reference)
+
+
 @pytest.mark.parametrize("name", ["linear", "task_arithmetic", "slerp", "model_stock"])
 def test_bf16_storage_stays_within_bf16_rounding_of_the_full_float32_merge(name: str) -> None:
     """From unrounded float32 parents: the bf16 result is within a few bf16 steps of the float32 result."""

@@ -91,5 +91,6 @@ LINEAR = MergeMethod(
     params=(WEIGHT, NORMALIZE),
     needs_base=False,
     min_models=1,
+    elementwise=True,
     doc="Weighted average of the models (model soup), https://arxiv.org/abs/2203.05482",
 )
