@@ -108,8 +108,10 @@ class TensorPlacement:
         (stream; page-locked, so the copy to the GPU runs asynchronously at full bus speed)."""
         if self.mode == "resident":
             return tensor.to(self.compute[name])
-        host = tensor.to("cpu")
-        return host.pin_memory() if torch.cuda.is_available() else host
+        if not torch.cuda.is_available():
+            return tensor.to("cpu")
+        # one copy straight into page-locked memory (``.cpu().pin_memory()`` would copy twice)
+        return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor)
 
     def tensors(self, names: Iterable[str], held: Callable[[str], Sequence[torch.Tensor]]
                 ) -> Iterator[tuple[str, tuple[torch.Tensor, ...]]]:
