@@ -55,7 +55,7 @@ class WorkerConfig:
     space_file: str
     dtype: str = "float32"          # the storage dtype, resolved (never "auto")
     device: str = "auto"
-    placement: str = "auto"         # auto | resident | stream (see search.weights.memory_plan)
+    placement: str = "resident"     # resident | stream, as the memory plan resolved it (search plan)
     gpus: int = 1                   # GPUs the working model is sharded over (resources.gpus_per_worker > 1)
     allow_pickle: bool = False
     trust_remote_code: bool = False
@@ -64,6 +64,7 @@ class WorkerConfig:
     @classmethod
     def from_space(cls, loaded: Any, device: str | None = None) -> WorkerConfig:
         from search.weights.dtypes import storage_dtype_name
+        from search.weights.memory_plan import plan_for_space
 
         space = loaded.space
         wanted = space.resources.gpus_per_worker
@@ -75,7 +76,7 @@ class WorkerConfig:
                              for o in space.objectives),
             space_file=str(Path(loaded.file).resolve()),
             dtype=storage_dtype_name(space.dtype, loaded.base_model), device=device or space.device,
-            placement=space.placement, gpus=int(wanted) if wanted > 1 else 1, allow_pickle=space.allow_pickle,
+            placement=plan_for_space(loaded).placement, gpus=int(wanted) if wanted > 1 else 1, allow_pickle=space.allow_pickle,
             trust_remote_code=space.trust_remote_code,
         )
 
@@ -92,6 +93,11 @@ class Worker:
         self.config = config
         t0 = time.perf_counter()
         self.device = resolve_device(config.device)
+        if config.placement == "stream":  # planned (search plan) but Parents cannot stream yet: say so, never OOM
+            raise UserError("placement: stream is planned for this run, but this version loads the parents "
+                            "resident on the GPU only", file=config.space_file, field="placement",
+                            fix="see `search plan`: use dtype: bfloat16, more resources.gpus_per_worker or fewer "
+                                "models so that placement: resident fits")
         self.parents = Parents.load(config.base_model, list(config.models), dtype=getattr(torch, config.dtype),
                                     device=self.device, allow_pickle=config.allow_pickle,
                                     trust_remote_code=config.trust_remote_code,
