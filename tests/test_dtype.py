@@ -23,6 +23,8 @@ def _params(method: MergeMethod, k: int) -> TensorParams:
     for spec in method.params:
         if spec.kind == "bool":
             value: object = True if spec.default is None else spec.default
+        elif spec.kind == "int" and spec.search_low is not None:  # lawa's window: at most the k models
+            value = min(round((spec.search_low + spec.search_high) / 2), k)
         elif spec.search_low is not None and spec.search_high is not None:
             value = (spec.search_low + spec.search_high) / 2
         else:
