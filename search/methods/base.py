@@ -213,7 +213,7 @@ def _merge_in_chunks(fn: MergeFn, base: torch.Tensor, deltas: torch.Tensor, para
 
     The same numbers as upcasting the whole tensor (each entry sees only its own inputs), but the float32
     copies are a few reused, cache-sized buffers instead of (k + 2) fresh tensor-sized allocations: the merge
-    streams the bf16 inputs once (a 0.19 B model went from ~12 s to ~1 s per candidate on a CPU, measured).
+    streams the bf16 inputs once (4 x 16.7 M-entry task vectors: ~0.35 s instead of ~2.1 s on one loaded CPU thread).
     """
     n, k = base.numel(), deltas.shape[0]
     storage = base.dtype if out is None else out.dtype
@@ -234,7 +234,7 @@ def _merge_in_chunks(fn: MergeFn, base: torch.Tensor, deltas: torch.Tensor, para
     return result
 
 
-CHUNK_CPU = 1 << 16   # float32 entries per slice: (k + 2) x 256 KiB stays in a core's L2
+CHUNK_CPU = 1 << 18   # float32 entries per slice: 1 MiB per row, in cache; smaller slices pay Python per slice
 CHUNK_CUDA = 1 << 24  # on a GPU, slices only bound the float32 scratch (64 MiB per row)
 
 
