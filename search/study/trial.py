@@ -76,7 +76,8 @@ class WorkerConfig:
                              for o in space.objectives),
             space_file=str(Path(loaded.file).resolve()),
             dtype=storage_dtype_name(space.dtype, loaded.base_model), device=device or space.device,
-            placement=plan_for_space(loaded).placement, gpus=int(wanted) if wanted > 1 else 1, allow_pickle=space.allow_pickle,
+            placement=plan_for_space(loaded).placement, gpus=int(wanted) if wanted > 1 else 1,
+            allow_pickle=space.allow_pickle,
             trust_remote_code=space.trust_remote_code,
         )
 
@@ -89,20 +90,18 @@ class Worker:
 
         from evaluators.registry import build_evaluator
         from search.weights.parents import Parents, resolve_device
+        from search.weights.placement import visible_devices
 
         self.config = config
         t0 = time.perf_counter()
         self.device = resolve_device(config.device)
-        if config.placement == "stream":  # planned (search plan) but Parents cannot stream yet: say so, never OOM
-            raise UserError("placement: stream is planned for this run, but this version loads the parents "
-                            "resident on the GPU only", file=config.space_file, field="placement",
-                            fix="see `search plan`: use dtype: bfloat16, more resources.gpus_per_worker or fewer "
-                                "models so that placement: resident fits")
         self.parents = Parents.load(config.base_model, list(config.models), dtype=getattr(torch, config.dtype),
                                     device=self.device, allow_pickle=config.allow_pickle,
                                     trust_remote_code=config.trust_remote_code,
-                                    labels=[f"models.{n}" for n in config.model_names], source=config.space_file)
-        self.model = self.parents.build_model(self._shards())
+                                    labels=[f"models.{n}" for n in config.model_names], source=config.space_file,
+                                    placement=config.placement,  # type: ignore[arg-type]
+                                    devices=visible_devices(config.gpus, self.device))
+        self.model = self.parents.build_model()  # on the devices the parents merge on
         self.tokenizer = AutoTokenizer.from_pretrained(config.base_model, trust_remote_code=config.trust_remote_code)
         # objectives that share an evaluator spec share one evaluator (and one scoring pass)
         self._evaluators: dict[str, Any] = {}
@@ -125,15 +124,6 @@ class Worker:
                             file=config.space_file, field="objectives",
                             fix="check the evaluator configuration and code") from exc
         self.load_seconds = time.perf_counter() - t0
-
-    def _shards(self) -> dict[str, torch.device] | None:
-        """Tensor -> GPU when the working model spans ``gpus`` GPUs (layers split evenly), else None."""
-        from search.weights.placement import layer_devices, visible_devices
-
-        devices = visible_devices(self.config.gpus, self.device)
-        if len(devices) == 1:
-            return None
-        return layer_devices(self.parents.layout, self.parents.names, devices)
 
     def merge(self, spec: MergeSpec) -> float:
         """Merge ``spec`` into the working model in place; seconds taken. NaN/inf weights fail the candidate."""
