@@ -4,10 +4,10 @@
     nice -n 10 .venv/bin/python bench/scale.py --size 0.4b              # a loaded machine: fewer layers, small vocab
     .venv/bin/python bench/scale.py --device cuda --size 7b             # GPU: both placements (bench/gpu_check.sh)
 
-Parents are generated in memory (seeded random bf16 base, k task vectors), kept as the placement keeps them
-(resident: on the compute device; stream: pinned host memory), and each candidate is merged tensor by tensor into
-working-model tensors through :class:`search.weights.placement.TensorPlacement` and the registry's methods —
-the loop body of ``Parents.merge_into``. Printed, measured in this one run:
+A :class:`~search.weights.parents.Parents` is generated in memory (seeded random bf16 base, k task vectors; no
+disk), kept as its placement keeps it (resident: on the compute device; stream: pinned host memory), its working
+model built on the meta device, and each candidate merged with ``Parents.merge_into`` — what a search worker
+does. Printed, measured in this one run:
 
 - per method (linear, task_arithmetic, ties, dare_ties) and placement: seconds per candidate, and the ratio
   ``limit / seconds`` where the limit is the bytes the merge must move divided by this machine's bandwidth for it:
@@ -38,8 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.shapes import llama_config, llama_tensors  # noqa: E402
 from search.merging.spec import MergeSpec  # noqa: E402
+from search.weights.deltas import TensorDeltas  # noqa: E402
 from search.weights.layout import ModelLayout  # noqa: E402
 from search.weights.memory_plan import ParentsShape, fmt_bytes, plan_memory  # noqa: E402
+from search.weights.parents import Parents  # noqa: E402
 from search.weights.placement import TensorPlacement  # noqa: E402
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -113,12 +115,14 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def generate(config: dict, k: int, dtype: torch.dtype, placement: TensorPlacement, seed: int = 0
-             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Seeded random base tensors and k task vectors, each generated in float32 one tensor at a time (on the
-    compute device) and kept where the placement keeps it."""
+def make_parents(config: dict, k: int, dtype: torch.dtype, placement: TensorPlacement, seed: int = 0) -> Parents:
+    """Parents of seeded random tensors (a bf16 base and k task vectors, each generated in float32 one tensor at
+    a time on the compute device) kept where the placement keeps them: the object a search holds."""
+    from transformers import LlamaConfig
+
+    hf_config = LlamaConfig(**{key: v for key, v in config.items() if key not in ("model_type", "torch_dtype")})
     base: dict[str, torch.Tensor] = {}
-    deltas: dict[str, torch.Tensor] = {}
+    deltas: dict[str, TensorDeltas] = {}
     for i, (name, shape) in enumerate(llama_tensors(config).items()):
         device = placement.compute[name]
         g = torch.Generator(device=device).manual_seed(seed * 100_003 + i)
@@ -126,27 +130,21 @@ def generate(config: dict, k: int, dtype: torch.dtype, placement: TensorPlacemen
         d = torch.empty((k, *shape), dtype=dtype, device=device)
         for j in range(k):
             d[j] = 0.002 * torch.randn(shape, generator=g, device=device)
-        base[name], deltas[name] = placement.store(name, b), placement.store(name, d)
+        base[name], deltas[name] = placement.store(name, b), placement.store(name, TensorDeltas.from_dense(d))
         del b, d
-    return base, deltas
+    first = next(iter(placement.compute.values()))
+    return Parents(base_path=Path("generated/base"), model_paths=[Path(f"generated/ft{j}") for j in range(k)],
+                   layout=ModelLayout.from_config(hf_config), config=hf_config, base=base, deltas=deltas,
+                   dtype=dtype, device=first, placement=placement)
 
 
-def merge_candidate(placement: TensorPlacement, base: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor],
-                    out: dict[str, torch.Tensor], spec: MergeSpec, layout: ModelLayout) -> None:
-    """One candidate, tensor by tensor: what Parents.merge_into does with a placement."""
-    method = spec.merge_method
-    with torch.no_grad():
-        for name, (b, d) in placement.tensors(list(base), lambda n: (base[n], deltas[n])):
-            method.merge(b, d, spec.tensor_params(name, layout), seed=spec.tensor_seed(name), out=out[name])
-
-
-def time_candidate(placement: TensorPlacement, base, deltas, out, spec: MergeSpec, layout: ModelLayout,
-                   device: torch.device, repeats: int) -> float:
+def time_candidate(parents: Parents, model: torch.nn.Module, spec: MergeSpec, device: torch.device,
+                   repeats: int) -> float:
     best = math.inf
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
-        merge_candidate(placement, base, deltas, out, spec, layout)
+        parents.merge_into(model, spec)
         _sync(device)
         best = min(best, time.perf_counter() - t0)
         if best > 60:  # a slow method is timed once
@@ -166,17 +164,16 @@ def run_placement(mode: str, config: dict, k: int, dtype_name: str, device: torc
     dtype = DTYPES[dtype_name]
     names = list(llama_tensors(config))
     placement = TensorPlacement(mode, {n: device for n in names})  # type: ignore[arg-type]
-    layout = ModelLayout(num_layers=config["num_hidden_layers"], layers_prefix="model.layers")
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = rss()
     t0 = time.perf_counter()
-    base, deltas = generate(config, k, dtype, placement)
-    out = {n: torch.empty(t.shape, dtype=dtype, device=device) for n, t in base.items()}
-    model_bytes = sum(t.numel() * t.element_size() for t in out.values())
-    print(f"\n[{mode}] parents generated in {time.perf_counter() - t0:.1f} s "
+    parents = make_parents(config, k, dtype, placement)
+    model = parents.build_model()
+    model_bytes = parents.model_nbytes()
+    print(f"\n[{mode}] parents generated and working model built in {time.perf_counter() - t0:.1f} s "
           f"(model {fmt_bytes(model_bytes)}, {k} task vectors)")
     must_move = (k + 2) * model_bytes if mode == "resident" else (k + 1) * model_bytes
     limit = must_move / bandwidth
@@ -185,7 +182,7 @@ def run_placement(mode: str, config: dict, k: int, dtype_name: str, device: torc
     specs = candidates(k)
     seconds: dict[str, float] = {}
     for method in methods:
-        s = time_candidate(placement, base, deltas, out, specs[method], layout, device, repeats)
+        s = time_candidate(parents, model, specs[method], device, repeats)
         seconds[method] = s
         print(f"  {method:16s} {s:8.3f} s/candidate   limit ratio {limit / s:5.2f}")
     plan = plan_memory(shape_of(config, k), dtype=dtype_name, placement=mode, device=device.type,  # type: ignore
@@ -199,8 +196,8 @@ def run_placement(mode: str, config: dict, k: int, dtype_name: str, device: torc
     else:
         peak = peak_rss() - rss_before
         print(f"  peak RSS growth {fmt_bytes(peak)} vs plan {fmt_bytes(estimate)}: ratio {peak / estimate:.2f}")
+    del parents, model
     seconds["_limit"] = limit
-    del base, deltas, out
     gc.collect()
     return seconds
 

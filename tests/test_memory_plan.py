@@ -79,7 +79,7 @@ def test_plan_7b_fp32_resident_is_refused_with_numbers_and_fixes(tmp_path, famil
     captured = capsys.readouterr()
     assert "does NOT fit" in captured.out and "80.0 GiB" in captured.out
     assert "dtype: bfloat16" in captured.err and "placement: stream" in captured.err
-    assert "gpus_per_worker: 3" in captured.err  # 3 x 80 GB hold the fp32 family resident
+    assert "gpus_per_worker: 4" in captured.err  # 4 x 80 GB hold the fp32 family resident
 
 
 def test_start_prints_the_plan_and_refuses_before_loading(tmp_path, family_7b, capsys):

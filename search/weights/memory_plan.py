@@ -7,7 +7,8 @@ in a second for a 70B family. Parts, per worker:
 - ``task vectors``: one dense delta per fine-tune, in the storage dtype;
 - ``working model``: the model candidates are merged into and scored with;
 - ``merge scratch``: the float32 upcast of the largest tensor's base, deltas, result and method temporaries
-  (``(2k + 4) x 4`` bytes per element: TIES' weighted copies and masks are the worst case);
+  (``(2k + 8) x 4`` bytes per element: TIES' upcast deltas, weighted copies, masks and top-k working copies
+  are the worst case);
 - ``stream buffers`` (stream only): two tensors' worth of base + deltas on the GPU (double buffering);
 - ``activations``: an estimate for the largest evaluator batch (see :func:`activation_bytes`);
 - ``process``: torch, transformers and lm-eval themselves in host memory (~2 GiB, measured on CPU);
@@ -172,7 +173,7 @@ def _plan(shape: ParentsShape, dtype: str, placement: Placement, device: Literal
     k = shape.num_models
     model = shape.float_numel * size + shape.other_bytes
     deltas = k * shape.float_numel * size
-    scratch = (2 * k + 4) * 4 * shape.largest_numel
+    scratch = (2 * k + 8) * 4 * shape.largest_numel
     acts = activation_bytes(shape, size, batch, seq)
     on_gpu = device == "cuda"
     n = max(1, gpus) if on_gpu else 1
@@ -182,7 +183,7 @@ def _plan(shape: ParentsShape, dtype: str, placement: Placement, device: Literal
         Part("base", model, parents_where, _split(model, n, parents_where), "storage dtype"),
         Part(f"task vectors ({k})", deltas, parents_where, _split(deltas, n, parents_where), f"{k} x base, dense"),
         Part("working model", model, gpu, _split(model, n, gpu), "built on meta, filled from the base"),
-        Part("merge scratch", scratch, gpu, scratch, f"float32 upcast of the largest tensor, (2k+4) x 4 B x "
+        Part("merge scratch", scratch, gpu, scratch, f"float32 upcast of the largest tensor, (2k+8) x 4 B x "
                                                      f"{shape.largest_numel:,}"),
     ]
     if placement == "stream":
