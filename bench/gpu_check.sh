@@ -2,13 +2,14 @@
 # The GPU check of issue 12, for one GPU machine (an H100/H200: >= 80 GB GPU, >= 100 GB host memory, 64 GB disk).
 # Prepared on a CPU-only session and NOT YET RUN: the first session with a GPU runs it and pastes its output.
 #
-#   bash bench/gpu_check.sh            # ~6-9 minutes; everything it prints also goes to $OUT/gpu-check.log
+#   bash bench/gpu_check.sh            # ~7-10 minutes; everything it prints also goes to $OUT/gpu-check.log
 #
 # 1. the CUDA tests (CPU vs CUDA masks, streamed merge == resident merge);
 # 2. bench/scale.py's 7B case (Llama-2-7B shape, 4 fine-tunes, bf16) in both placements, generated on the GPU;
 # 3. a 7B family of five written as sparse files (headers only on disk; holes read as zeros, fine for timing),
-#    `search plan` for it (80 GB: auto streams; fp32 + resident: refused, exit 2), and a 5-trial search over it
-#    with a cheap python evaluator (one forward pass) on this GPU.
+#    `search plan` for it (80 GB: auto streams; fp32 + resident: refused, exit 2), a 5-trial search over it
+#    with a cheap python evaluator (one forward pass) on this GPU (auto: resident on a 139 GB H200), and a 3-trial
+#    search with placement: stream.
 #
 # The machine's python3 has torch, transformers, accelerate, safetensors, typer, rich, pyyaml, numpy, tqdm but
 # not pydantic or optuna: carry them as wheels in .whl/ (downloaded on the CPU machine, in the repo root):
@@ -33,7 +34,9 @@ else
 fi
 WORK=${WORK:-/tmp/gpu-check-work}
 rm -rf "$WORK"; mkdir -p "$WORK"
+STEPS=${STEPS:-1,2,3}   # e.g. STEPS=1,2 then STEPS=3 in two runs, if one run would pass 10 minutes
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
+want() { [[ ",$STEPS," == *",$1,"* ]]; }
 
 step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -41,12 +44,16 @@ $PY -c "import torch, transformers, accelerate; print('torch', torch.__version__
 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'gpus', torch.cuda.device_count())"
 free -g | head -2
 
+if want 1; then
 step "1. CUDA tests"
-timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_dtype.py tests/test_placement.py -k "cuda" -rA 2>&1 | tail -15
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_dtype.py tests/test_placement.py -k "cuda" -rA 2>&1 | tail -15
 
+fi
+if want 2; then
 step "2. bench/scale.py, Llama-2-7B shape, 4 fine-tunes, bf16, resident and stream"
-timeout 330 $PY bench/scale.py --device cuda --size 7b --models 4 --repeats 2
-
+timeout 240 $PY bench/scale.py --device cuda --size 7b --models 4 --repeats 2
+fi
+if want 3; then
 step "3a. a sparse 7B family of five, and its plan"
 $PY - "$WORK" <<'EOF'
 import json, sys
@@ -77,6 +84,8 @@ space = {"base_model": str(base), "models": {f"m{i}": str(p) for i, p in enumera
 import yaml
 (root / "space.yaml").write_text(yaml.safe_dump(space))
 (root / "space32.yaml").write_text(yaml.safe_dump({**space, "dtype": "float32", "placement": "resident"}))
+(root / "stream.yaml").write_text(yaml.safe_dump({**space, "placement": "stream", "budget": {"trials": 3},
+                                                  "output": "run-stream"}))
 EOF
 du -sh "$WORK/fam"
 $PY -m search.cli plan "$WORK/space.yaml" --gpu-memory 80GB --cpu-memory 128GB; echo "exit $?"
@@ -85,7 +94,13 @@ $PY -m search.cli plan "$WORK/space.yaml"; echo "exit $? (this machine's own siz
 
 step "3b. a 5-trial search over the 7B family on this GPU"
 START=$(date +%s)
-timeout 420 $PY -m search.cli start "$WORK/space.yaml" --quiet --no-select; echo "exit $?"
+timeout 200 $PY -m search.cli start "$WORK/space.yaml" --quiet --no-select; echo "exit $?"
 echo "search wall seconds: $(( $(date +%s) - START ))"
 $PY -m search.cli trials "$WORK/run" 2>&1 | head -12
+
+step "3c. the same family, placement: stream (parents in pinned host memory), 3 trials"
+START=$(date +%s)
+timeout 150 $PY -m search.cli start "$WORK/stream.yaml" --quiet --no-select; echo "exit $?"
+echo "search wall seconds: $(( $(date +%s) - START ))"
+fi
 step "done"
