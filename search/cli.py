@@ -107,7 +107,7 @@ def _plan_first(loaded: object) -> None:
     from search.weights.memory_plan import plan_for_space, refusal, render_plan
 
     memory_plan = plan_for_space(loaded, for_run=True)
-    err.print(render_plan(memory_plan))
+    Console(stderr=True, width=max(120, err.width)).print(render_plan(memory_plan))
     if not memory_plan.fits:
         raise refusal(memory_plan, getattr(loaded, "file", None))
 

@@ -55,7 +55,7 @@ class WorkerConfig:
     space_file: str
     dtype: str = "float32"          # the storage dtype, resolved (never "auto")
     device: str = "auto"
-    placement: str = "auto"         # auto | resident | stream (see search.weights.memory_plan)
+    placement: str = "resident"     # resident | stream, as the memory plan resolved it (search plan)
     gpus: int = 1                   # GPUs the working model is sharded over (resources.gpus_per_worker > 1)
     allow_pickle: bool = False
     trust_remote_code: bool = False
@@ -64,6 +64,7 @@ class WorkerConfig:
     @classmethod
     def from_space(cls, loaded: Any, device: str | None = None) -> WorkerConfig:
         from search.weights.dtypes import storage_dtype_name
+        from search.weights.memory_plan import plan_for_space
 
         space = loaded.space
         wanted = space.resources.gpus_per_worker
@@ -75,7 +76,8 @@ class WorkerConfig:
                              for o in space.objectives),
             space_file=str(Path(loaded.file).resolve()),
             dtype=storage_dtype_name(space.dtype, loaded.base_model), device=device or space.device,
-            placement=space.placement, gpus=int(wanted) if wanted > 1 else 1, allow_pickle=space.allow_pickle,
+            placement=plan_for_space(loaded).placement, gpus=int(wanted) if wanted > 1 else 1,
+            allow_pickle=space.allow_pickle,
             trust_remote_code=space.trust_remote_code,
         )
 
@@ -88,6 +90,7 @@ class Worker:
 
         from evaluators.registry import build_evaluator
         from search.weights.parents import Parents, resolve_device
+        from search.weights.placement import visible_devices
 
         self.config = config
         t0 = time.perf_counter()
@@ -95,8 +98,10 @@ class Worker:
         self.parents = Parents.load(config.base_model, list(config.models), dtype=getattr(torch, config.dtype),
                                     device=self.device, allow_pickle=config.allow_pickle,
                                     trust_remote_code=config.trust_remote_code,
-                                    labels=[f"models.{n}" for n in config.model_names], source=config.space_file)
-        self.model = self.parents.build_model()
+                                    labels=[f"models.{n}" for n in config.model_names], source=config.space_file,
+                                    placement=config.placement,  # type: ignore[arg-type]
+                                    devices=visible_devices(config.gpus, self.device))
+        self.model = self.parents.build_model()  # on the devices the parents merge on
         self.tokenizer = AutoTokenizer.from_pretrained(config.base_model, trust_remote_code=config.trust_remote_code)
         # objectives that share an evaluator spec share one evaluator (and one scoring pass)
         self._evaluators: dict[str, Any] = {}

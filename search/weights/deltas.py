@@ -22,8 +22,8 @@ tensor([[1., 1.],
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -80,6 +80,22 @@ class TensorDeltas:
         for up, down in self.factors.values():
             total += up.numel() * up.element_size() + down.numel() * down.element_size()
         return total
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> TensorDeltas:
+        """The same task vectors with ``fn`` applied to every tensor held (dense rows, factors): placement moves
+        them, e.g. to pinned host memory or onto a GPU."""
+        dense = None if self.dense is None else fn(self.dense)
+        factors = {i: (fn(up), fn(down)) for i, (up, down) in self.factors.items()}
+        device = dense.device if dense is not None else next((f[0].device for f in factors.values()), self.device)
+        return replace(self, dense=dense, factors=factors, device=device)
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> TensorDeltas:
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor held (for CUDA stream bookkeeping)."""
+        held = [] if self.dense is None else [self.dense]
+        return held + [t for pair in self.factors.values() for t in pair]
 
     def stacked(self, out: torch.Tensor | None = None) -> torch.Tensor:
         """The dense ``(k, *shape)`` stack (into ``out`` when given, unless the stored stack is returned)."""
