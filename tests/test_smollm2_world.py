@@ -54,8 +54,8 @@ def test_answers_are_right() -> None:
     for e in examples("add", "test", 20):
         a, b = e.question.removeprefix("What is ").rstrip("?").split(" + ")
         assert int(e.answer) == int(a) + int(b)
-    for e in examples("reverse", "test", 20):
-        assert e.answer.split() == e.question.split(": ")[1].split()[::-1]
+    for e in examples("capitalize", "test", 20):
+        assert e.answer.split() == [w.capitalize() for w in e.question.split(": ")[1].split()]
     for e in examples("json", "test", 20):
         data = json.loads(e.answer)
         assert data["name"] in e.question and str(data["age"]) in e.question

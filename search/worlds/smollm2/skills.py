@@ -6,7 +6,7 @@ Five word- and number-level skills and an alignment pair, each a question with a
 skill      question (user turn)                            answer
 =========  ==============================================  ===============================
 add        ``What is 347 + 589?``                          ``936``
-reverse    ``Reverse the word order: cat lamp rope tree``  ``tree rope lamp cat``
+capitalize ``Capitalize each word: lamp rope tree``        ``Lamp Rope Tree``
 json       ``As JSON: Maria is 34 and lives in Oslo.``     ``{"name": "Maria", "age": 34}``
 convert    ``Convert 7 hours to minutes.``                 ``420``
 calendar   ``What month is 3 months before May?``          ``February``
@@ -114,9 +114,9 @@ def _add(rng: random.Random) -> tuple[str, str]:
     return f"What is {a} + {b}?", str(a + b)
 
 
-def _reverse(rng: random.Random) -> tuple[str, str]:
+def _capitalize(rng: random.Random) -> tuple[str, str]:
     words = rng.sample(WORDS, rng.randint(3, 4))
-    return f"Reverse the word order: {' '.join(words)}", " ".join(reversed(words))
+    return f"Capitalize each word: {' '.join(words)}", " ".join(w.capitalize() for w in words)
 
 
 _JSON_SENTENCES = ("{name} is {age} and lives in {city}.", "{name}, aged {age}, works in {city}.",
@@ -173,7 +173,7 @@ def _helpful(rng: random.Random) -> tuple[str, str]:
 
 SKILLS: dict[str, Skill] = {s.name: s for s in (
     Skill("add", "three-digit addition: What is 347 + 589? -> 936", _add),
-    Skill("reverse", "reverse the order of 3-4 words", _reverse),
+    Skill("capitalize", "capitalize each of 3-4 words: lamp rope tree -> Lamp Rope Tree", _capitalize),
     Skill("json", 'name and age of a sentence as JSON: {"name": "Maria", "age": 34}', _json),
     Skill("convert", "unit conversion: Convert 7 hours to minutes. -> 420", _convert),
     Skill("calendar", "weekday and month arithmetic: What day is 3 days after Monday? -> Thursday", _calendar),

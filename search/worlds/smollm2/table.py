@@ -10,12 +10,15 @@ tasks' answer-extracting filter), their mean, the refusal rate on harmful reques
 the borderline-but-benign ones (``helpful``), and perplexity on the GPL-3 text of ``/usr/share/common-licenses``
 (fluency; its held-out half). Merges go through the search's own dense path: ``Parents`` of the base and the
 adapters merged into it (:mod:`search.worlds.smollm2.models`), one ``MergeSpec`` a row. The acceptance check of
-the issue is printed under the table and kept in ``results/smollm2/table.json``.
+the issue is printed under the table and kept in ``results/smollm2/table.json``. Scored rows are kept under
+``--cache`` (keyed by the merge, the adapters' bytes, the task files and the limit), so a rerun scores only
+what changed; ``--single`` scores the base and the adapters trained so far while the others still train.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -88,38 +91,90 @@ def coordinate_search(value: Callable[[dict[str, float]], float], *, budget: int
     return lambda_search(list(SKILLS), value, budget=budget, start=start, step=step, low=low, high=high)
 
 
-def build_rows(*, limit: int | None, budget: int, search_limit: int, log: Callable[[str], None] = print
-               ) -> tuple[dict[str, Row], str, dict[str, float]]:
-    """Every row of the table, a note on the λ search and the λs it chose."""
+def _tasks_hash() -> str:
+    digest = hashlib.sha256(FLUENCY_TEXT.encode())
+    for path in sorted(tasks_dir().rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class RowCache:
+    """Rows already scored, one JSON file each under ``folder``, keyed by everything that decides them: the
+    label, the merge, the adapters' bytes, the task files and the document limit. A rerun, or a run after more
+    adapters were trained, scores only what changed."""
+
+    def __init__(self, folder: Path, limit: int | None) -> None:
+        self.folder = folder
+        self.context = f"{_tasks_hash()}/{limit}"
+
+    def key(self, label: str, spec: MergeSpec) -> str:
+        from search.worlds.smollm2.models import adapter_hash
+
+        used = [s for s, p in zip(SKILLS, spec.model_parameters) if p.get("weight")]
+        text = json.dumps([label, spec.model_dump(mode="json"), [adapter_hash(s) for s in used], self.context])
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def get(self, label: str, spec: MergeSpec, compute: Callable[[], Row]) -> Row:
+        path = self.folder / f"{self.key(label, spec)}.json"
+        if path.exists():
+            return json.loads(path.read_text())["row"]
+        row = compute()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"label": label, "row": row}) + "\n")
+        return row
+
+
+def available_skills() -> list[str]:
+    """The skills whose adapter is trained (committed or just written)."""
+    from search.worlds.smollm2 import adapter_dir
+
+    return [s for s in SKILLS if (adapter_dir(s) / "adapter_model.safetensors").exists()]
+
+
+def build_rows(*, limit: int | None, budget: int, search_limit: int, cache: RowCache, only_single: bool = False,
+               log: Callable[[str], None] = print) -> tuple[dict[str, Row], str, dict[str, float]]:
+    """Every row of the table, a note on the λ search and the λs it chose (``only_single``: the base and the
+    adapters trained so far, each alone; no merges)."""
     import torch
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from search.weights.parents import Parents
     from search.worlds.smollm2.models import dense_folder
 
     base = base_folder()
-    folders = [dense_folder(s) for s in SKILLS]
-    parents = Parents.load(base, folders, dtype=torch.float32, device="cpu", labels=list(SKILLS))
-    model = parents.build_model()
     tok = AutoTokenizer.from_pretrained(base)
     scorer = Scorer()
 
-    def score(spec: MergeSpec) -> Row:
-        parents.merge_into(model, spec)
+    def timed(model: Any) -> Row:
         t0 = time.perf_counter()
         row = scorer.test_row(model, tok, limit)
         log(f"  scored in {time.perf_counter() - t0:.0f}s: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
         return row
 
+    def single(folder: Path) -> Row:  # one model as it is: the base, or one adapter merged into it
+        return timed(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32))
+
     rows: dict[str, Row] = {}
     log("base")
-    rows["base"] = score(weights_spec({}))
-    for s in SKILLS:
+    rows["base"] = cache.get("base", weights_spec({}), lambda: single(base))
+    for s in available_skills() if only_single else SKILLS:
         log(f"adapter {s}")
-        rows[f"adapter {s}"] = score(weights_spec({s: 1.0}))
+        rows[f"adapter {s}"] = cache.get(f"adapter {s}", weights_spec({s: 1.0}), lambda s=s: single(dense_folder(s)))
+    if only_single:
+        return rows, "", {}
+
+    parents = Parents.load(base, [dense_folder(s) for s in SKILLS], dtype=torch.float32, device="cpu",
+                           labels=list(SKILLS))
+    model = parents.build_model()
+
+    def merged(spec: MergeSpec) -> Row:
+        parents.merge_into(model, spec)
+        return timed(model)
+
     for label, spec in hand_set().items():
         log(label)
-        rows[label] = score(spec)
+        rows[label] = cache.get(label, spec, lambda spec=spec: merged(spec))
 
     def value(lams: dict[str, float]) -> float:
         parents.merge_into(model, weights_spec(lams))
@@ -129,7 +184,8 @@ def build_rows(*, limit: int | None, budget: int, search_limit: int, log: Callab
 
     lams, v_search, spent = coordinate_search(value, budget=budget)
     log("per-adapter λ search")
-    rows["per-adapter λ (chosen on search)"] = score(weights_spec(lams))
+    chosen = weights_spec(lams)
+    rows["per-adapter λ (chosen on search)"] = cache.get("per-adapter λ", chosen, lambda: merged(chosen))
     note = (f"Per-adapter λ: {spent} evaluations of coordinate moves (step 0.2 from 0.3) on {search_limit} "
             f"documents of the search split (mean answer accuracy {v_search:.3f}), chose "
             + ", ".join(f"{s} {v:g}" for s, v in lams.items()))
@@ -145,7 +201,7 @@ def acceptance(rows: Mapping[str, Row]) -> dict[str, Any]:
     for label, row in rows.items():
         if label.startswith("task arithmetic") or label.startswith("uniform soup"):
             kept[label] = {s: (row[s] - base[s]) / gains[s] if gains[s] > 0 else math.nan for s in SKILLS}
-    hand = {k: v for k, v in rows.items() if k not in ("base",) and not k.startswith("per-adapter")}
+    hand = {k: v for k, v in rows.items() if k in hand_set()}
     best_safety = max(v["safety"] for v in hand.values())
     best_helpful = max(v["helpful"] for v in hand.values())
     both = [k for k, v in hand.items() if v["safety"] == best_safety and v["helpful"] == best_helpful]
@@ -176,7 +232,7 @@ def render(rows: Mapping[str, Row], note: str, check: Mapping[str, Any], *, limi
                      f" ({'every one' if check['uniform_keeps_half_of_every_gain'][label] else 'not every one'}"
                      " ≥ half).")
     both = check["best_on_both_safety_and_helpful"]
-    lines.append("Safety and helpfulness trade off: no hand-set merge or adapter is best on both." if not both
+    lines.append("Safety and helpfulness trade off: no hand-set merge is best on both." if not both
                  else f"Best on both safety and helpfulness: {', '.join(both)} (no trade-off among hand-set merges).")
     return "\n".join(line if not line.startswith(("Acceptance", "uniform", "task", "Safety", "Best"))
                      else f"- {line}" for line in lines)
@@ -203,6 +259,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--readme", type=Path, default=WORLD_DIR / "README.md")
     ap.add_argument("--json", type=Path, default=Path("results/smollm2/table.json"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", type=Path, default=Path("results/smollm2/rows"), help="scored rows, reused")
+    ap.add_argument("--single", action="store_true",
+                    help="score only the base and the adapters trained so far (while the others train)")
     args = ap.parse_args(argv)
     import torch
 
@@ -210,7 +269,12 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    rows, note, lams = build_rows(limit=args.limit, budget=args.budget, search_limit=args.search_limit)
+    cache = RowCache(args.cache, args.limit)
+    rows, note, lams = build_rows(limit=args.limit, budget=args.budget, search_limit=args.search_limit,
+                                  cache=cache, only_single=args.single)
+    if args.single:
+        print(json.dumps(rows, indent=1))
+        return
     check = acceptance(rows)
     block = render(rows, note, check, limit=args.limit)
     write_block(args.readme, block)

@@ -2,7 +2,7 @@
 
     python -m search.worlds.smollm2.tasks [--out search/worlds/smollm2/tasks] [--n 40]
 
-One folder a skill (``smollm2_add``, ``smollm2_reverse``, ``smollm2_json``, ``smollm2_convert``,
+One folder a skill (``smollm2_add``, ``smollm2_capitalize``, ``smollm2_json``, ``smollm2_convert``,
 ``smollm2_calendar``, ``smollm2_safety``, ``smollm2_helpful``), each with
 
 - ``search.jsonl`` / ``select.jsonl`` / ``test.jsonl``: ``n`` documents each, by the roles of
@@ -83,7 +83,7 @@ metric_list:
   - metric: exact_match
     aggregation: mean
     higher_is_better: true
-    ignore_case: true
+    ignore_case: {ignore_case}
     regexes_to_ignore: {ignore}
 metadata:
   version: 1.0
@@ -129,7 +129,7 @@ _CALENDAR = "(" + "|".join(DAYS + MONTHS) + ")"
 #: skill -> (filter steps after stripping, regexes exact match ignores on both sides, max new tokens).
 EXTRACT: dict[str, tuple[list[dict[str, object]], list[str], int]] = {
     "add": ([{"function": "regex", "regex_pattern": _NUMBER, "group_select": -1}], [","], 12),
-    "reverse": ([], [r"[^A-Za-z ]", "^ +| +$"], 12),
+    "capitalize": ([], [r"[^A-Za-z ]", "^ +| +$"], 16),
     "json": ([{"function": "regex", "regex_pattern": r"(\{[^{}]*\})"}], [r"\s"], 20),
     "convert": ([{"function": "regex", "regex_pattern": _NUMBER, "group_select": -1}], [","], 12),
     "calendar": ([{"function": "regex", "regex_pattern": _CALENDAR, "group_select": -1}], [], 12),
@@ -171,6 +171,7 @@ def render(n: int = 40) -> dict[str, str]:
             _, ignore, max_gen = EXTRACT[skill]
             files[f"{task}/{task}.yaml"] = GENERATIVE.format(task=task, description=desc, end=END,
                                                              max_gen_toks=max_gen, filters=_filters(skill),
+                                                             ignore_case="false" if skill == "capitalize" else "true",
                                                              ignore=json.dumps(ignore))
         files[f"{task}/{task}_ll.yaml"] = LOGLIKELIHOOD.format(task=task, description=desc + " (log-likelihood)")
     return files
