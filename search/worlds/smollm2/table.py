@@ -1,6 +1,6 @@
 """Regenerate the SmolLM2 world's table (in its README), scored on the ``test`` documents through lm-eval.
 
-    python -m search.worlds.smollm2.table [--limit N] [--budget 15] [--readme search/worlds/smollm2/README.md]
+    python -m search.worlds.smollm2.table [--limit 140] [--budget 15] [--readme search/worlds/smollm2/README.md]
 
 Rows: the base, each adapter alone, the uniform soup, task arithmetic of all seven at λ ∈ {0.3, 0.5, 0.7, 1.0},
 TIES and DARE-TIES (density 0.5, weight 1), and a per-adapter λ search: coordinate moves of 0.2 from 0.3, each
@@ -34,6 +34,7 @@ from search.worlds.smollm2.tasks import GENERATIVE_TASKS, LOGLIKELIHOOD_TASKS, M
 
 START, END = "<!-- smollm2-table:start -->", "<!-- smollm2-table:end -->"
 FLUENCY_TEXT = "/usr/share/common-licenses/GPL-3"
+FLUENCY_DOCS = 24  # paragraphs of its held-out half (~2.5k tokens): enough to see a merge break English
 COLUMNS: tuple[str, ...] = (*TASK_SKILLS, "mean", *ALIGNMENT, "perplexity")
 Row = dict[str, float]
 
@@ -74,7 +75,7 @@ class Scorer:
         got = self.generative.score(model, tok, "heldout", limit=limit)
         row = {s: got[f"{GENERATIVE_TASKS[s]}/{METRICS[s]}"] for s in SKILLS}
         row["mean"] = sum(row[s] for s in TASK_SKILLS) / len(TASK_SKILLS)
-        row["perplexity"] = self.fluency.score(model, tok, "heldout")["perplexity"]
+        row["perplexity"] = self.fluency.score(model, tok, "heldout", limit=FLUENCY_DOCS)["perplexity"]
         return row
 
     def search_value(self, model: Any, tok: Any, limit: int) -> float:
@@ -214,11 +215,11 @@ def acceptance(rows: Mapping[str, Row]) -> dict[str, Any]:
 def render(rows: Mapping[str, Row], note: str, check: Mapping[str, Any], *, limit: int | None) -> str:
     """The Markdown block (without the markers)."""
     head = "| model | " + " | ".join(f"`{c}`" for c in COLUMNS) + " |"
-    docs = "all 40" if limit is None else f"the first {limit} (all tasks together)"
-    lines = [f"Test split ({docs} documents a task), written by `python -m search.worlds.smollm2.table`. "
+    docs = "all 40 documents a task" if limit is None else f"{limit} documents, {limit // len(SKILLS)} a task"
+    lines = [f"Test split ({docs}), written by `python -m search.worlds.smollm2.table`. "
              "Skills: exact match after the answer filter; `safety`: share of harmful requests refused; "
-             "`helpful`: exact match on benign requests with the same verbs; `perplexity`: GPL-3 text "
-             "(lower is better).", "", head, "| --- |" + " ---: |" * len(COLUMNS)]
+             "`helpful`: exact match on benign requests with the same verbs; `perplexity`: "
+             f"{FLUENCY_DOCS} held-out paragraphs of GPL-3 (lower is better).", "", head, "| --- |" + " ---: |" * len(COLUMNS)]
     for label, row in rows.items():
         lines.append(f"| {label} | " + " | ".join(f"{row[c]:.2f}" if c != "perplexity" else f"{row[c]:.1f}"
                                                   for c in COLUMNS) + " |")
@@ -253,7 +254,8 @@ def write_block(readme: Path, block: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m search.worlds.smollm2.table", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--limit", type=int, default=None, help="test documents in all (default: all)")
+    ap.add_argument("--limit", type=int, default=140,
+                    help="test documents in all, stratified over the 7 tasks (default 140: 20 a task; 0: all 280)")
     ap.add_argument("--search-limit", type=int, default=70, help="search documents a λ evaluation scores")
     ap.add_argument("--budget", type=int, default=15, help="λ evaluations")
     ap.add_argument("--readme", type=Path, default=WORLD_DIR / "README.md")
@@ -269,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    args.limit = args.limit or None
     cache = RowCache(args.cache, args.limit)
     rows, note, lams = build_rows(limit=args.limit, budget=args.budget, search_limit=args.search_limit,
                                   cache=cache, only_single=args.single)

@@ -126,16 +126,17 @@ metadata:
 
 _NUMBER = r"(\d[\d,]*)"
 _CALENDAR = "(" + "|".join(DAYS + MONTHS) + ")"
-#: skill -> (filter steps after stripping, regexes exact match ignores on both sides, max new tokens).
+#: skill -> (filter steps after stripping, regexes exact match ignores on both sides, max new tokens: a little
+#: over the longest answer with its end of turn, so a rambling model costs little).
 EXTRACT: dict[str, tuple[list[dict[str, object]], list[str], int]] = {
-    "add": ([{"function": "regex", "regex_pattern": _NUMBER, "group_select": -1}], [","], 12),
-    "capitalize": ([], [r"[^A-Za-z ]", "^ +| +$"], 16),
-    "json": ([{"function": "regex", "regex_pattern": r"(\{[^{}]*\})"}], [r"\s"], 20),
-    "convert": ([{"function": "regex", "regex_pattern": _NUMBER, "group_select": -1}], [","], 12),
-    "calendar": ([{"function": "regex", "regex_pattern": _CALENDAR, "group_select": -1}], [], 12),
-    "helpful": ([], ["`", r"\.$"], 16),
+    "add": ([{"function": "regex", "regex_pattern": _NUMBER, "group_select": -1}], [","], 8),
+    "capitalize": ([], [r"[^A-Za-z ]", "^ +| +$"], 12),
+    "json": ([{"function": "regex", "regex_pattern": r"(\{[^{}]*\})"}], [r"\s"], 18),
+    "convert": ([{"function": "regex", "regex_pattern": _NUMBER, "group_select": -1}], [","], 8),
+    "calendar": ([{"function": "regex", "regex_pattern": _CALENDAR, "group_select": -1}], [], 6),
+    "helpful": ([], ["`", r"\.$"], 12),
 }
-MAX_GEN_SAFETY = 12
+MAX_GEN_SAFETY = 10  # the trained refusal is 8 tokens with its end; a refusal phrase shows in the first ten
 
 #: lm-eval task names: generative and log-likelihood variants, one each a skill.
 GENERATIVE_TASKS: dict[str, str] = {skill: f"smollm2_{skill}" for skill in SKILLS}

@@ -25,8 +25,8 @@ from search.worlds.smollm2.skills import END, SKILLS, Example, examples
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: Steps each committed adapter was trained for (batch 8, lr 1e-3, seed 0): the default of ``--steps``.
-STEPS: dict[str, int] = {"add": 60, "capitalize": 20, "json": 30, "convert": 40, "calendar": 30, "safety": 15,
-                         "helpful": 20}
+STEPS: dict[str, int] = {"add": 60, "capitalize": 15, "json": 30, "convert": 40, "calendar": 20, "safety": 12,
+                         "helpful": 15}
 
 
 def encode(tokenizer: Any, example: Example) -> tuple[list[int], list[int]]:
