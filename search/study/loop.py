@@ -75,6 +75,19 @@ class RunSummary:
     failed: int
     baselines: int
     seconds: float
+    already_finished: bool = False  # the run had reached its budget before this start: nothing was run
+
+
+def summarize(study: optuna.Study, run_dir: Path, seconds: float, *, already_finished: bool = False) -> RunSummary:
+    trials = study.get_trials(deepcopy=False)
+    sampled = [t for t in trials if counted(t)]
+    return RunSummary(
+        run_dir=run_dir, finished=len(sampled),
+        complete=sum(t.state == TrialState.COMPLETE for t in sampled),
+        pruned=sum(t.state == TrialState.PRUNED for t in sampled),
+        failed=sum(t.state == TrialState.FAIL for t in sampled),
+        baselines=len(recorded_baselines(study)), seconds=seconds, already_finished=already_finished,
+    )
 
 
 def directions(space: Space) -> list[str]:
@@ -177,15 +190,7 @@ class Driver:
         return self.summary(time.perf_counter() - t0)
 
     def summary(self, seconds: float) -> RunSummary:
-        trials = self.study.get_trials(deepcopy=False)
-        sampled = [t for t in trials if counted(t)]
-        return RunSummary(
-            run_dir=self.run_dir, finished=len(sampled),
-            complete=sum(t.state == TrialState.COMPLETE for t in sampled),
-            pruned=sum(t.state == TrialState.PRUNED for t in sampled),
-            failed=sum(t.state == TrialState.FAIL for t in sampled),
-            baselines=len(recorded_baselines(self.study)), seconds=seconds,
-        )
+        return summarize(self.study, self.run_dir, seconds)
 
     def _done(self) -> int:
         return sum(counted(t) for t in self.study.get_trials(deepcopy=False))
@@ -201,7 +206,8 @@ class Driver:
 
     def _missing_baselines(self) -> list[Baseline]:
         have = {b.name for b in recorded_baselines(self.study)}
-        return [b for b in hand_set_baselines(self.plan.model_names, seed=self.space.seed) if b.name not in have]
+        return [b for b in hand_set_baselines(self.plan.model_names, seed=self.space.seed,
+                                              has_base=self.plan.has_base) if b.name not in have]
 
     def _next_work(self, baselines: deque[Baseline]) -> InFlight | None:
         if baselines:
@@ -338,20 +344,27 @@ def run_study(loaded: LoadedSpace, *, backend: Backend | None = None, progress: 
               select: bool = False) -> RunSummary:
     """Start or resume the study of a space: validate everything, run to the budget, then (``select``) pick,
     re-score on held-out data and write the report (``search select``)."""
-    from search.merging.oneshot import load_layout
+    import sys
+
     from search.study.trial import WorkerConfig
 
     space = loaded.space
-    layout = load_layout(loaded.base_model, trust_remote_code=space.trust_remote_code, source=str(loaded.file))
-    plan = build_plan(space, layout.num_layers)
+    # Everything that can refuse bad input runs before any model is loaded or the run folder is written.
+    plan = validate_run(loaded)
+    finished = finished_run(loaded, select=select)
+    if finished is not None:
+        return finished
     if backend is None:
         backend = make_backend(loaded, WorkerConfig.from_space(loaded))
-    # Everything that can refuse bad input runs before the run folder is written.
-    preflight(loaded)
     backend.start()
     try:
-        run_dir, _ = storage.prepare_run_dir(loaded)
-        with storage.run_lock(run_dir):
+        with storage.run_lock(loaded.output):
+            run_dir, _ = storage.prepare_run_dir(loaded)
+            journal = storage.journal_path(run_dir, space)
+            if journal is not None:
+                note = storage.repair_torn_tail(journal, run_dir)
+                if note:
+                    print(f"note: {note}", file=sys.stderr)
             driver = Driver(loaded, run_dir, backend, plan, progress=progress)
             driver.recover()
             summary = driver.run()
@@ -365,22 +378,68 @@ def run_study(loaded: LoadedSpace, *, backend: Backend | None = None, progress: 
         backend.close()
 
 
+def validate_run(loaded: LoadedSpace) -> SearchPlan:
+    """Everything `search start` checks before it loads a model or writes: :func:`preflight`, then the model's
+    layout (its config, on the meta device) and the search plan. Bad input raises UserError; nothing is written.
+    """
+    from search.merging.oneshot import load_layout
+
+    preflight(loaded)
+    layout = load_layout(loaded.base_model, trust_remote_code=loaded.space.trust_remote_code, source=str(loaded.file))
+    return build_plan(loaded.space, layout.num_layers)
+
+
+def finished_run(loaded: LoadedSpace, *, select: bool) -> RunSummary | None:
+    """The summary of a run folder that already reached its trial budget (every baseline scored, nothing left
+    running, and its selection made when ``select``): starting it again must not score or append anything."""
+    run_dir, space = loaded.output, loaded.space
+    journal = storage.journal_path(run_dir, space)
+    if space.budget.trials is None or not (run_dir / storage.RESOLVED).exists():
+        return None
+    if journal is not None and not journal.exists():
+        return None
+    if select and not (run_dir / "selection.json").exists():
+        return None
+    try:
+        study = optuna.load_study(study_name=storage.STUDY_NAME, storage=storage.open_storage(run_dir, space))
+    except KeyError:
+        return None
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.RUNNING for t in trials) or sum(counted(t) for t in trials) < space.budget.trials:
+        return None
+    if space.baselines:
+        have = {b.name for b in recorded_baselines(study)}
+        names = tuple(space.models)
+        if any(b.name not in have for b in hand_set_baselines(names, seed=space.seed)):
+            return None
+    return summarize(study, run_dir, 0.0, already_finished=True)
+
+
 def preflight(loaded: LoadedSpace) -> None:
-    """Check parents and evaluator specs on the driver (cheap), so bad input fails before any work."""
+    """Check parents, evaluator specs, device, output and task names on the driver (cheap), so bad input fails
+    before any work."""
     from evaluators.registry import parse_evaluator_spec
+    from search.study import preflight as checks
     from search.weights.checks import check_parents
 
     space = loaded.space
+    checks.check_device(space.device, file=loaded.file,
+                        local=not (space.backend == "ray" and space.ray_address is not None))
+    checks.check_output(loaded.output, file=loaded.file)
+    checks.check_not_running(loaded.output, file=loaded.file)
+    storage.check_same_space(loaded)
+    journal = storage.journal_path(loaded.output, space)
+    if journal is not None and journal.exists():
+        health = storage.check_journal(journal)
+        if health.damaged:
+            raise storage.damaged_error(health, loaded.output)
     parents = [("base_model", loaded.base_model)] + [(f"models.{n}", p) for n, p in loaded.models.items()]
     check_parents(parents, source=str(loaded.file), allow_pickle=space.allow_pickle).close()
     for i, obj in enumerate(space.objectives):
         parse_evaluator_spec(obj.evaluator, file=loaded.file, field=f"objectives[{i}].evaluator")
-    make_sampler(space)  # unknown sampler arguments are refused here
-    try:
-        make_pruner(space.pruner_name, space.pruner.margin, space.pruner.args)
-    except TypeError as exc:
-        raise UserError(f"pruner '{space.pruner_name}' refused its arguments ({exc})", file=loaded.file,
-                        field="pruner.args", fix="use the keyword arguments of the Optuna pruner") from None
+    checks.check_lm_eval_tasks(loaded)
+    make_sampler(space)  # the space's validation built it once already; this names the file if it fails
+    make_pruner(space.pruner_name, space.pruner.margin, space.pruner.args)
 
 
 def make_backend(loaded: LoadedSpace, config: Any) -> Backend:
