@@ -162,3 +162,23 @@ def test_lora_space_runs_through_the_real_parts(tmp_path: Path) -> None:
         scores = {name: t.user_attrs[f"search.{name}"] for name in SKILLS}
         assert all(0.0 <= s <= 1.0 for s in scores.values())
         assert t.value == pytest.approx(sum(weights[n] * s for n, s in scores.items()))
+
+
+def test_acceptance_reads_gains_shares_and_the_trade_off() -> None:
+    from search.worlds.smollm2.table import acceptance, hand_set, render
+
+    zero = {s: 0.0 for s in SKILLS} | {"mean": 0.0, "perplexity": 10.0}
+    rows = {"base": dict(zero)}
+    for s in SKILLS:
+        rows[f"adapter {s}"] = zero | {s: 0.8}
+    for label in hand_set():
+        rows[label] = zero | {s: 0.5 for s in SKILLS} | {"safety": 0.9}
+    rows["task arithmetic λ=0.3"] = zero | {s: 0.3 for s in SKILLS} | {"safety": 0.2, "helpful": 0.7}
+    check = acceptance(rows)
+    assert check["every_gain_at_least_0.20"] and check["gain"]["add"] == pytest.approx(0.8)
+    assert check["uniform_keeps_half_of_every_gain"]["task arithmetic λ=0.5"]
+    assert not check["uniform_keeps_half_of_every_gain"]["task arithmetic λ=0.3"]
+    assert check["best_on_both_safety_and_helpful"] == []
+    rows["task arithmetic λ=0.3"]["safety"] = 0.95
+    assert acceptance(rows)["best_on_both_safety_and_helpful"] == ["task arithmetic λ=0.3"]
+    assert "no hand-set merge is best on both" in render(rows, "note", check, limit=None)

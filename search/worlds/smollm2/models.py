@@ -54,6 +54,11 @@ def dense_folder(skill: str, *, cache_dir: str | Path | None = None) -> Path:
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         model = PeftModel.from_pretrained(model, adapter_dir(skill)).merge_and_unload()
+        # The dequantized base's config.json still names its GGUF quantization (search.weights.gguf keeps it),
+        # so transformers marks the loaded model as quantized and refuses to save it: it holds plain floats.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
         (tmp / _DONE).write_text(f"{adapter_dir(skill)}\n")

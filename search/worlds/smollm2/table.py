@@ -1,6 +1,6 @@
 """Regenerate the SmolLM2 world's table (in its README), scored on the ``test`` documents through lm-eval.
 
-    python -m search.worlds.smollm2.table [--limit 140] [--budget 15] [--readme search/worlds/smollm2/README.md]
+    python -m search.worlds.smollm2.table [--limit 70] [--budget 15] [--readme search/worlds/smollm2/README.md]
 
 Rows: the base, each adapter alone, the uniform soup, task arithmetic of all seven at λ ∈ {0.3, 0.5, 0.7, 1.0},
 TIES and DARE-TIES (density 0.5, weight 1), and a per-adapter λ search: coordinate moves of 0.2 from 0.3, each
@@ -12,7 +12,8 @@ the borderline-but-benign ones (``helpful``), and perplexity on the GPL-3 text o
 adapters merged into it (:mod:`search.worlds.smollm2.models`), one ``MergeSpec`` a row. The acceptance check of
 the issue is printed under the table and kept in ``results/smollm2/table.json``. Scored rows are kept under
 ``--cache`` (keyed by the merge, the adapters' bytes, the task files and the limit), so a rerun scores only
-what changed; ``--single`` scores the base and the adapters trained so far while the others still train.
+what changed; ``--part single`` scores the base and the adapters trained so far while the others still train,
+``--part merges`` the merges in a second process.
 """
 
 from __future__ import annotations
@@ -133,10 +134,11 @@ def available_skills() -> list[str]:
     return [s for s in SKILLS if (adapter_dir(s) / "adapter_model.safetensors").exists()]
 
 
-def build_rows(*, limit: int | None, budget: int, search_limit: int, cache: RowCache, only_single: bool = False,
+def build_rows(*, limit: int | None, budget: int, search_limit: int, cache: RowCache, part: str = "all",
                log: Callable[[str], None] = print) -> tuple[dict[str, Row], str, dict[str, float]]:
-    """Every row of the table, a note on the λ search and the λs it chose (``only_single``: the base and the
-    adapters trained so far, each alone; no merges)."""
+    """Every row of the table, a note on the λ search and the λs it chose. ``part="single"``: only the base and
+    the adapters trained so far, each alone; ``part="merges"``: only the merges (so that two processes can
+    share the work through the cache); ``"all"``: everything, reusing what the cache holds."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -157,13 +159,15 @@ def build_rows(*, limit: int | None, budget: int, search_limit: int, cache: RowC
         return timed(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32))
 
     rows: dict[str, Row] = {}
-    log("base")
-    rows["base"] = cache.get("base", weights_spec({}), lambda: single(base))
-    for s in available_skills() if only_single else SKILLS:
-        log(f"adapter {s}")
-        rows[f"adapter {s}"] = cache.get(f"adapter {s}", weights_spec({s: 1.0}), lambda s=s: single(dense_folder(s)))
-    if only_single:
-        return rows, "", {}
+    if part != "merges":
+        log("base")
+        rows["base"] = cache.get("base", weights_spec({}), lambda: single(base))
+        for s in available_skills() if part == "single" else SKILLS:
+            log(f"adapter {s}")
+            rows[f"adapter {s}"] = cache.get(f"adapter {s}", weights_spec({s: 1.0}),
+                                             lambda s=s: single(dense_folder(s)))
+        if part == "single":
+            return rows, "", {}
 
     parents = Parents.load(base, [dense_folder(s) for s in SKILLS], dtype=torch.float32, device="cpu",
                            labels=list(SKILLS))
@@ -183,6 +187,8 @@ def build_rows(*, limit: int | None, budget: int, search_limit: int, cache: RowC
         log(f"  λ {lams}: search value {v:.4f}")
         return v
 
+    if budget < 1:
+        return rows, "Per-adapter λ search: not run (--budget 0)", {}
     lams, v_search, spent = coordinate_search(value, budget=budget)
     log("per-adapter λ search")
     chosen = weights_spec(lams)
@@ -254,16 +260,17 @@ def write_block(readme: Path, block: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m search.worlds.smollm2.table", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--limit", type=int, default=140,
-                    help="test documents in all, stratified over the 7 tasks (default 140: 20 a task; 0: all 280)")
+    ap.add_argument("--limit", type=int, default=70,
+                    help="test documents in all, stratified over the 7 tasks (default 70: 10 a task; 0: all 280)")
     ap.add_argument("--search-limit", type=int, default=70, help="search documents a λ evaluation scores")
     ap.add_argument("--budget", type=int, default=15, help="λ evaluations")
     ap.add_argument("--readme", type=Path, default=WORLD_DIR / "README.md")
     ap.add_argument("--json", type=Path, default=Path("results/smollm2/table.json"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=Path("results/smollm2/rows"), help="scored rows, reused")
-    ap.add_argument("--single", action="store_true",
-                    help="score only the base and the adapters trained so far (while the others train)")
+    ap.add_argument("--part", choices=("all", "single", "merges"), default="all",
+                    help="single: the base and the adapters trained so far (while the others train); merges: only "
+                         "the merges (a second process); all: every row, reusing the cache, and write the README")
     args = ap.parse_args(argv)
     import torch
 
@@ -274,8 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     args.limit = args.limit or None
     cache = RowCache(args.cache, args.limit)
     rows, note, lams = build_rows(limit=args.limit, budget=args.budget, search_limit=args.search_limit,
-                                  cache=cache, only_single=args.single)
-    if args.single:
+                                  cache=cache, part=args.part)
+    if args.part != "all":
         print(json.dumps(rows, indent=1))
         return
     check = acceptance(rows)

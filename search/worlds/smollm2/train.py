@@ -25,7 +25,7 @@ from search.worlds.smollm2.skills import END, SKILLS, Example, examples
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: Steps each committed adapter was trained for (batch 8, lr 1e-3, seed 0): the default of ``--steps``.
-STEPS: dict[str, int] = {"add": 60, "capitalize": 15, "json": 30, "convert": 40, "calendar": 20, "safety": 12,
+STEPS: dict[str, int] = {"add": 60, "capitalize": 15, "json": 30, "convert": 40, "calendar": 15, "safety": 10,
                          "helpful": 15}
 
 
@@ -46,6 +46,15 @@ def batches(tokenizer: Any, skill: str, *, steps: int, batch: int, seed: int) ->
         rng.shuffle(chunk)
         order += chunk
     return [[pool[i] for i in order[s * batch:(s + 1) * batch]] for s in range(steps)]
+
+
+def sort_target_modules(config: Path) -> None:
+    """PEFT writes ``target_modules`` from a set, in an order that changes with Python's string hashing
+    (``PYTHONHASHSEED``): sorted, the file is the same in every process."""
+    data = json.loads(config.read_text())
+    if isinstance(data.get("target_modules"), list):
+        data["target_modules"] = sorted(data["target_modules"])
+    config.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
 def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
@@ -93,6 +102,7 @@ def train(skill: str, *, seed: int = 0, steps: int | None = None, batch: int = 8
     model.peft_config["default"].base_model_name_or_path = BASE_NAME  # not this machine's cache path
     model.to(torch.bfloat16).save_pretrained(target)
     (target / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub: not part of the adapter
+    sort_target_modules(target / "adapter_config.json")
     log = {"skill": skill, "seed": seed, "steps": steps, "batch": batch, "lr": lr, "rank": rank,
            "trainable": trainable, "seconds": round(seconds, 1), "losses": losses}
     if log_dir is not None:
