@@ -62,7 +62,7 @@ def prepare_run_dir(loaded: LoadedSpace) -> tuple[Path, bool]:
     resolved = resolved_config(loaded)
     existing = run_dir / RESOLVED
     if existing.exists():
-        before = json.loads(existing.read_text())
+        before = read_resolved(run_dir)
         changes = _differences(before.get("space", {}), resolved["space"])
         if before.get("fingerprint") != resolved["fingerprint"] and changes:
             shown = "; ".join(changes[:5])
@@ -89,11 +89,30 @@ def resolved_config(loaded: LoadedSpace) -> dict[str, Any]:
 
 
 def read_resolved(run_dir: Path) -> dict[str, Any]:
+    """``resolved.json``; a run folder from before the three roles reads as two-role (see config/legacy.py)."""
+    from search.config.legacy import migrate_space
+
     file = Path(run_dir) / RESOLVED
     if not file.exists():
         raise UserError(f"'{run_dir}' is not a run folder (no {RESOLVED})", field="RUN_DIR",
                         fix="give the output folder of a `search start` run")
-    return json.loads(file.read_text())
+    resolved = json.loads(file.read_text())
+    if "space" in resolved:
+        resolved["space"] = migrate_space(resolved["space"])
+    return resolved
+
+
+def adopt_roles(loaded: LoadedSpace) -> LoadedSpace:
+    """The space to run in ``loaded.output``: as given, or, to resume a run folder from before the three roles,
+    with its evaluators read as they were then (two roles), so that the trials go on scoring the same split."""
+    from search.config.legacy import is_two_role, two_role_evaluator
+
+    file = loaded.output / RESOLVED
+    if not file.exists() or not is_two_role(json.loads(file.read_text()).get("space", {})):
+        return loaded
+    objectives = [o.model_copy(update={"evaluator": two_role_evaluator(dict(o.evaluator))})
+                  for o in loaded.space.objectives]
+    return loaded.model_copy(update={"space": loaded.space.model_copy(update={"objectives": objectives})})
 
 
 def load_run_space(run_dir: Path) -> Space:
