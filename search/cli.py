@@ -143,6 +143,10 @@ def _run(loaded: object, *, quiet: bool, select: bool = True, verbose: bool = Fa
                     selection = select_run(summary.run_dir, backend=backend, progress=progress)
             finally:
                 backend.close()
+            if selection is not None:
+                from search.report.render import render_report
+
+                render_report(summary.run_dir, selection=selection)
     except RunAborted as exc:
         err.print(f"[bold red]run stopped:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
@@ -239,8 +243,11 @@ def select(
 
     options = Options(top_k=top_k, max_front=max_front, alphas=None if alphas is None else _alphas(alphas),
                       soup_size=soup_size)
+    from search.report.render import render_report
+
     with LibraryLog(run_dir, verbose=verbose):
         selection = select_run(run_dir, progress=not quiet and sys.stderr.isatty(), options=options)
+        render_report(run_dir, selection=selection)
     _say_result(selection)
     typer.echo(f"report: {run_dir / 'report.html'} and {run_dir / 'report.md'}; "
                f"export: search export {run_dir} --pick best")

@@ -97,7 +97,7 @@ class LibraryLog:
             if name == "" and logger.level > logging.INFO:
                 logger.setLevel(logging.INFO)  # the root's WARNING default would drop lm-eval's info lines
         root = logging.getLogger("")
-        if self.verbose and not any(_is_console(h) for h in root.handlers):
+        if self.verbose and not any(_on_terminal(h) for h in root.handlers):
             root.addHandler(_stderr_handler())
         self._captured = not _warnings_captured()
         if self._captured:
@@ -133,8 +133,12 @@ def _configure_library_loggers() -> None:
 
 
 def _is_console(handler: logging.Handler) -> bool:
-    return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) and \
-        getattr(handler, "stream", None) in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    """A handler that writes to a stream (the terminal, or a stream standing in for it), not to a file."""
+    return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+
+
+def _on_terminal(handler: logging.Handler) -> bool:
+    return _is_console(handler) and getattr(handler, "stream", None) in (sys.stderr, sys.stdout)
 
 
 def _stderr_handler() -> logging.Handler:

@@ -17,6 +17,7 @@ from search.cli import main
 from search.errors import UserError
 from search.selection.pareto import dominates, neighbour_pairs, pareto_front, thin, top_k
 from search.selection.record import Options, read_selection
+from search.report.render import render_report
 from search.selection.select import select_run
 from search.selection.soups import greedy_soup
 from search.study.baselines import recorded_baselines
@@ -171,6 +172,7 @@ def test_weighted_mode_keeps_the_top_k(objectives: int, tmp_path: Path,
                            optimize="weighted", sampler={"name": "tpe"}, budget={"trials": 6},
                            baselines=False)
     selection = select_run(run_dir, progress=False, options=Options(top_k=3, alphas=[0.5]))
+    render_report(run_dir, selection=selection)
     names = [o["name"] for o in chosen]
     values = sorted(0.5 * sum(v) for v in _search_scores(run_dir, names).values())
     assert [selection.single(r).search_value for r in selection.frontier] == pytest.approx(values[:3])

@@ -15,8 +15,8 @@ Works from the run folder alone (the study storage and ``resolved.json``), so it
    best baseline as a paired difference (:mod:`search.selection.stats`). The select scores chose the winner, so
    only the test scores are the result.
 
-The result is ``RUN_DIR/selection.json`` (:mod:`search.selection.record`) and the report (``report.html``,
-``report.md``).
+The result is ``RUN_DIR/selection.json`` (:mod:`search.selection.record`); the report is rendered from it
+(``search.report.render``), by the CLI, as the next stage.
 
 >>> selection = select_run(Path("results/demo"))        # doctest: +SKIP
 >>> selection.winner_item.label                          # doctest: +SKIP
@@ -172,9 +172,9 @@ def _method(specs: list[MergeSpec]) -> str:
 
 
 def select_run(run_dir: str | Path, *, progress: bool = True, options: Options | None = None,
-               backend: Any = None, report: bool = True) -> Selection:
+               backend: Any = None) -> Selection:
     """Select, interpolate, soup and re-score on select; score the fixed test set on test; write
-    ``selection.json`` (and, with ``report``, the report).
+    ``selection.json``. (The report is the next stage: ``search.report.render.render_report``.)
 
     ``backend``: the run's started execution backend (its workers hold the parents already: nothing is loaded
     again); None starts the space's own backend for the selection and closes it after.
@@ -271,10 +271,6 @@ def select_run(run_dir: str | Path, *, progress: bool = True, options: Options |
             backend.close()
     selection.seconds["total"] = time.perf_counter() - t_start
     write_selection(run_dir, selection)
-    if report:
-        from search.report.render import render_report
-
-        render_report(run_dir, selection=selection, study=study, space=space)
     return selection
 
 

@@ -237,7 +237,8 @@ class Worker:
                 evaluator = self._evaluators[key]
                 n = evaluator.num_docs(split)
                 if check_metrics:  # 16 documents: enough for every task of a group to show its metrics
-                    results[(key, split)] = evaluator.score(self.model, self.tokenizer, split, limit=min(n, 16))
+                    with quiet_progress_bars():
+                        results[(key, split)] = evaluator.score(self.model, self.tokenizer, split, limit=min(n, 16))
                 else:
                     results[(key, split)], documents[(key, split)] = self._score_slice(
                         key, evaluator, split, slice_size(n, fraction), per_document=per_document)
