@@ -1,6 +1,7 @@
 """The ``search`` command.
 
     search merge RECIPE.yaml OUT_DIR      one-shot merge of a mergekit recipe into an HF model folder
+    search plan SPACE.yaml                memory per part and device, placement, and whether the search fits
     search start SPACE.yaml               start (or resume) a search; the run folder is the space's `output`
     search resume RUN_DIR                 resume a run from its folder
     search status RUN_DIR                 progress of a run (in progress, finished or killed)
@@ -8,12 +9,14 @@
     search select RUN_DIR                 frontier, soups, re-scoring on select, test, report (run by `start` too)
     search export RUN_DIR --pick best     HF model folders + mergekit YAML of chosen models
     search report RUN_DIR                 re-render report.html / report.md
+    search repair RUN_DIR                 recover a study journal damaged by older versions (keeps a backup)
     search submit SPACE.yaml --address    submit a run to a Ray cluster as a Ray Job
     search demo                           the demo search end to end on the bundled demo models
 
 Bad input exits with code 2 and a message naming the file, the field and the fix; nothing is written.
 While start/resume/select/export run, the libraries' messages (lm-eval, transformers, datasets, Optuna, Ray) go
 to RUN_DIR/run.log; `--verbose` shows them on the terminal too.
+Ctrl-C stops a run with exit code 130 and says how to resume it.
 """
 
 from __future__ import annotations
@@ -57,12 +60,58 @@ def merge(
     device: str = typer.Option("cpu", "--device", help="where to compute (cpu, cuda)"),
 ) -> None:
     """Merge the models of RECIPE into OUT_DIR (mergekit configs for shared methods run unchanged)."""
-    from search.merging.oneshot import merge_recipe
+    import warnings
 
-    out = merge_recipe(recipe, out_dir, allow_pickle=allow_pickle, overwrite=overwrite,
-                       trust_remote_code=trust_remote_code, max_shard_bytes=_size(max_shard_size), device=device,
-                       progress=sys.stderr.isatty())
+    from search.merging.oneshot import merge_recipe
+    from search.merging.spec import IgnoredParameterWarning
+    from search.study.preflight import check_device
+
+    check_device(device, file=None, field="--device")
+
+    def show(message, category, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if issubclass(category, IgnoredParameterWarning):
+            err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    with warnings.catch_warnings():  # restores the hook below on exit
+        warnings.simplefilter("always", IgnoredParameterWarning)
+        shown = warnings.showwarning
+        warnings.showwarning = show  # the stdlib's documented hook for how warnings are printed
+        out = merge_recipe(recipe, out_dir, allow_pickle=allow_pickle, overwrite=overwrite,
+                           trust_remote_code=trust_remote_code, max_shard_bytes=_size(max_shard_size),
+                           device=device, progress=sys.stderr.isatty())
     typer.echo(f"merged model written to {out}")
+
+
+@app.command()
+def plan(
+    space_file: Path = typer.Argument(..., help="space YAML (see spaces/README.md)"),
+    gpu_memory: str = typer.Option(None, "--gpu-memory", help="memory of each GPU, e.g. 80GB (default: detected)"),
+    cpu_memory: str = typer.Option(None, "--cpu-memory", help="host memory, e.g. 128GB (default: detected)"),
+) -> None:
+    """Print the memory plan of SPACE_FILE (from config.json and safetensors headers; no weights are read) and
+    whether it fits; exit 2 when it does not."""
+    from search.config.space import load_space
+    from search.weights.memory_plan import parse_size, plan_for_space, refusal, render_plan
+
+    loaded = load_space(space_file)
+    memory_plan = plan_for_space(loaded, gpu_memory=parse_size(gpu_memory, option="--gpu-memory") if gpu_memory
+                                 else None,
+                                 cpu_memory=parse_size(cpu_memory, option="--cpu-memory") if cpu_memory else None)
+    Console(width=max(120, Console().width)).print(render_plan(memory_plan))
+    if not memory_plan.fits:
+        raise refusal(memory_plan, space_file)
+
+
+def _plan_first(loaded: object) -> None:
+    """Print the memory plan as a run's first lines; refuse (exit 2) before loading anything when it cannot fit."""
+    from search.weights.memory_plan import plan_for_space, refusal, render_plan
+
+    memory_plan = plan_for_space(loaded, for_run=True)
+    err.print(render_plan(memory_plan))
+    if not memory_plan.fits:
+        raise refusal(memory_plan, getattr(loaded, "file", None))
 
 
 @app.command()
@@ -81,6 +130,7 @@ def start(
     loaded = load_space(space_file, output=output)
     if address:
         loaded = loaded.with_ray(address)
+    _plan_first(loaded)
     _run(loaded, quiet=quiet, select=not no_select, verbose=verbose)
 
 
@@ -113,7 +163,9 @@ def resume(
     space_file = Path(resolved["space_file"])
     if not space_file.exists():
         space_file = run_dir / SPACE_COPY
-    _run(load_space(space_file, output=run_dir), quiet=quiet, select=not no_select, verbose=verbose)
+    loaded = load_space(space_file, output=run_dir)
+    _plan_first(loaded)
+    _run(loaded, quiet=quiet, select=not no_select, verbose=verbose)
 
 
 def _say_result(selection: object) -> None:
@@ -129,15 +181,17 @@ def _run(loaded: object, *, quiet: bool, select: bool = True, verbose: bool = Fa
     """The stages of a run on one backend: the search, then selection on the same workers, then the report."""
     from search.console import LibraryLog
     from search.study.loop import RunAborted, open_backend, run_study
+    from search.study.storage import RESOLVED
 
+    run_dir = loaded.output  # type: ignore[attr-defined]
     progress = not quiet and sys.stderr.isatty()
     selection = None
     try:
         with LibraryLog(loaded.output, verbose=verbose):  # type: ignore[attr-defined]
             loaded, backend = open_backend(loaded)  # type: ignore[arg-type]
             try:
-                summary = run_study(loaded, backend=backend, progress=progress)
-                if select:
+                summary = run_study(loaded, backend=backend, progress=progress, select=select)
+                if select and not summary.already_finished:
                     from search.selection.select import select_run
 
                     selection = select_run(summary.run_dir, backend=backend, progress=progress)
@@ -150,6 +204,17 @@ def _run(loaded: object, *, quiet: bool, select: bool = True, verbose: bool = Fa
     except RunAborted as exc:
         err.print(f"[bold red]run stopped:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        if (run_dir / RESOLVED).exists():
+            err.print(f"interrupted; resume with: search resume {run_dir}", highlight=False, soft_wrap=True)
+        else:
+            err.print("interrupted before the run started; nothing was written", highlight=False)
+        raise typer.Exit(130) from None
+    if summary.already_finished:
+        typer.echo(f"run folder {summary.run_dir} already reached its budget ({summary.finished} trials); nothing "
+                   f"was run. To search more, raise budget.trials in the space file and start again; "
+                   f"`search select {summary.run_dir}` redoes the selection.")
+        return
     typer.echo(f"run folder {summary.run_dir}: {summary.finished} trials ({summary.complete} complete, "
                f"{summary.pruned} pruned, {summary.failed} failed) + {summary.baselines} baselines; "
                f"search {summary.seconds:.0f} s"
@@ -184,9 +249,14 @@ def status(run_dir: Path = typer.Argument(..., help="run folder")) -> None:
     from search.study.progress import render_status, status_of
     from search.study.storage import load_run_space
 
+    from search.study.storage import driver_of
+
     space = load_run_space(run_dir)
     study = _load_study(run_dir, space)
-    Console().print(render_status(status_of(space, study), run_dir))
+    facts = status_of(space, study, driver=driver_of(run_dir))
+    Console().print(render_status(facts, run_dir))
+    if facts.state.startswith("stopped"):
+        typer.echo(f"resume with: search resume {run_dir}")
 
 
 @app.command()
@@ -284,13 +354,49 @@ def report(run_dir: Path = typer.Argument(..., help="run folder with a selection
 # --- end of selection commands -------------------------------------------------------------------------------
 
 
+@app.command()
+def repair(run_dir: Path = typer.Argument(..., help="run folder whose study journal is damaged")) -> None:
+    """Recover a study journal damaged in the middle (as older versions left it after resuming on a torn record):
+    every whole record is kept, one glued after torn bytes is recovered, the torn bytes are dropped; the result
+    must replay in Optuna; the original is kept beside it."""
+    from search.study.storage import journal_path, load_run_space, repair_journal, run_lock
+
+    space = load_run_space(run_dir)
+    journal = journal_path(run_dir, space)
+    if journal is None or not journal.exists():
+        raise UserError(f"'{run_dir}' has no study journal to repair", field="RUN_DIR",
+                        fix="give the folder of a run that stores its study in a journal file")
+    with run_lock(run_dir):  # no driver may append while the file is rewritten
+        done = repair_journal(journal)
+    if done.backup is None:
+        typer.echo(f"{journal}: all {done.records} records are whole; nothing to repair")
+        return
+    typer.echo(f"{journal}: kept {done.records} records ({done.recovered} recovered after torn bytes), dropped "
+               f"{done.dropped} torn record(s), {done.dropped_bytes} bytes in all; the original is kept as "
+               f"{done.backup.name}. Resume with: search resume {run_dir}")
+
+
 def _load_study(run_dir: Path, space: object) -> object:
     import optuna
 
     from search.study.storage import STUDY_NAME, open_storage
 
+    from search.study.storage import check_journal, damaged_error, journal_path
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir, space))  # type: ignore[arg-type]
+    journal = journal_path(run_dir, space)  # type: ignore[arg-type]
+    if journal is not None:
+        if not journal.exists():
+            raise UserError(f"'{run_dir}' has no study journal yet", field="RUN_DIR",
+                            fix="start the run first (`search start SPACE.yaml`)")
+        health = check_journal(journal)  # a torn last record (a write in progress, or a kill) is skipped by Optuna
+        if health.damaged:
+            raise damaged_error(health, run_dir)
+    try:
+        return optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir, space))  # type: ignore[arg-type]
+    except KeyError:
+        raise UserError(f"'{run_dir}' holds no study yet", field="RUN_DIR",
+                        fix="start the run first (`search start SPACE.yaml`)") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -306,8 +412,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(UserError.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        err.print("aborted")
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("interrupted")
         sys.exit(130)
     except Exception as exc:
         # Usage errors (typer's vendored click) come through standalone_mode=False: show them as click would.

@@ -12,8 +12,13 @@ from search.methods import METHODS, MergeMethod, TensorParams, get_method
 
 ORDER = [
     "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "breadcrumbs",
-    "breadcrumbs_ties", "della", "della_linear", "model_stock", "tsv", "iso_c", "iso_cts", "magmax",
+    "breadcrumbs_ties", "della", "della_linear", "model_stock",
+    "nuslerp", "multislerp", "karcher", "sce", "ram", "ramplus_tl", "nearswap", "arcee_fusion", "passthrough",
+    "tsv", "iso_c", "iso_cts", "magmax", "checkpoint_average", "checkpoint_ema", "lawa",
 ]
+# identical models give the base only up to rounding (a norm and a direction recombined, or a convex combination
+# of equal numbers) or, for passthrough, the model times its scale
+NOT_EXACTLY_THE_BASE = {"karcher", "nearswap", "passthrough"}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -52,6 +57,8 @@ def params_for(draw, method: MergeMethod, k: int, is_base: torch.Tensor):
     for spec in method.params:
         if spec.kind == "bool":
             value = draw(st.booleans())
+        elif spec.kind == "int" and spec.search_low is not None:  # lawa's window: at most the number of models
+            value = st.integers(int(spec.search_low), min(int(spec.search_high), k))
         elif spec.search_low is None:
             value = spec.default
         else:
@@ -85,6 +92,11 @@ def test_merging_identical_models_returns_the_base(name: str, data: st.DataObjec
     merged = method.merge(base, torch.zeros_like(deltas), params, seed=seed)
     if method.name == "slerp":  # (1 - t) * base + t * base, in float32, then cast back
         assert torch.allclose(merged.float(), base.float(), rtol=2e-7, atol=0)
+    elif method.name == "passthrough":
+        scale = float(params.per_model["scale"][0])
+        assert torch.allclose(merged.float(), (base.float() * scale).to(base.dtype).float(), rtol=1e-2, atol=1e-6)
+    elif method.name in NOT_EXACTLY_THE_BASE:
+        assert torch.allclose(merged.float(), base.float(), rtol=4 * torch.finfo(base.dtype).eps, atol=1e-7)
     else:
         assert torch.equal(merged, base)
 

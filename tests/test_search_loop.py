@@ -207,7 +207,8 @@ def test_sigkill_then_resume_loses_nothing(world: Path) -> None:
     interrupted = [t for t in after if t.user_attrs.get("interrupted")]
     for t in interrupted:  # a trial killed mid-run is failed and retried once with the same parameters
         retry = [r for r in after if r.user_attrs.get("retry_of") == t.number]
-        assert len(retry) == 1 and retry[0].params == t.params
+        # (a kill during its suggest calls leaves only part of the parameters: the retry keeps those)
+        assert len(retry) == 1 and retry[0].params.items() >= t.params.items()
 
 
 def test_pareto_study_with_front_pruning(world: Path) -> None:

@@ -16,13 +16,16 @@ dtype: float32
 tokenizer_source: base
 ```
 
-Beyond mergekit: a condition may match a module kind (``{kind: mlp, value: 0.5}``), and ``seed`` makes the random
+A model (or the base) may be a LoRA adapter applied to a model, written as mergekit writes it:
+``models/base+adapters/code`` (or ``{model: models/base, lora: adapters/code}``); an adapter folder alone is applied
+to ``base_model``. Beyond mergekit: a condition may match a module kind (``{kind: mlp, value: 0.5}``), and ``seed`` makes the random
 methods (dare, della) reproducible. Frankenmerges (``slices``/``modules``) and ``tokenizer_source: union`` are not
 supported: they change the architecture or the vocabulary, which a weight search does not.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from search.config.yaml_io import load_model
 from search.errors import UserError
 from search.merging.coefficients import Setting
-from search.merging.spec import MergeSpec
+from search.merging.spec import IgnoredParameterWarning, MergeSpec
+from search.methods import METHODS
+from search.weights.sources import ParentRef, parse_reference
 
 DTypeName = Literal["float32", "float16", "bfloat16", "float64"]
 DTYPES: dict[str, torch.dtype] = {
@@ -48,11 +53,8 @@ class RecipeModel(BaseModel):
 
     @field_validator("model", mode="before")
     @classmethod
-    def _plain_path(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            raise ValueError("model references with LoRA or revision parts are not supported; give a local folder "
-                             "(merge the adapter first)")
-        return value
+    def _reference(cls, value: Any) -> Any:
+        return reference_text(value)
 
 
 class Recipe(BaseModel):
@@ -70,6 +72,11 @@ class Recipe(BaseModel):
     chat_template: str | None = None
     seed: int | None = None
 
+    @field_validator("base_model", mode="before")
+    @classmethod
+    def _base_reference(cls, value: Any) -> Any:
+        return None if value is None else reference_text(value)
+
     @model_validator(mode="before")
     @classmethod
     def _unsupported(cls, data: Any) -> Any:
@@ -86,15 +93,35 @@ class Recipe(BaseModel):
         return data
 
     def spec(self) -> MergeSpec:
-        """The method and settings, with the base's position in ``models`` when it is listed there."""
+        """The method and settings, with the base's position in ``models`` when it is listed there.
+
+        As in mergekit, an unlisted ``base_model`` is one more input: methods that ignore the base (linear,
+        karcher, passthrough) merge it as a model, after the listed ones. Parameters the method does not take
+        are left out (mergekit ignores them; :meth:`ignored_parameters` names them).
+        """
         base_index = next((i for i, m in enumerate(self.models) if m.model == self.base_model), None)
+        model_parameters = [dict(m.parameters or {}) for m in self.models]
+        method = METHODS.get(self.merge_method)
+        appended = (self.base_model is not None and base_index is None and method is not None
+                    and method.takes_base and not method.excludes_base)
+        if appended:
+            model_parameters.append({})
+            base_index = len(model_parameters) - 1
         return MergeSpec(
             method=self.merge_method,
             parameters=dict(self.parameters or {}),
-            model_parameters=tuple(dict(m.parameters or {}) for m in self.models),
+            model_parameters=tuple(model_parameters),
             base_index=base_index,
             seed=self.seed,
-        )
+            has_base=self.base_model is not None,
+            base_appended=appended,
+        ).without_ignored()
+
+    def ignored_parameters(self) -> list[str]:
+        """The fields of parameters mergekit would silently ignore for this method (see MergeSpec)."""
+        spec = MergeSpec(method=self.merge_method, parameters=dict(self.parameters or {}),
+                         model_parameters=tuple(dict(m.parameters or {}) for m in self.models))
+        return spec.ignored_parameters()
 
     @property
     def compute_dtype(self) -> torch.dtype | None:
@@ -107,11 +134,57 @@ class Recipe(BaseModel):
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file; any problem is a UserError naming file, line, field and fix."""
+    """Read and validate a recipe file; any problem is a UserError naming file, line, field and fix.
+
+    Parameters the method does not take (but another does) are ignored with an :class:`IgnoredParameterWarning`,
+    as mergekit ignores them silently.
+    """
     path = Path(path)
     recipe = load_model(Recipe, path, what="recipe")
+    ignored = recipe.ignored_parameters()
+    if ignored:
+        warnings.warn(IgnoredParameterWarning(
+            f"{path}: merge method '{recipe.merge_method}' does not take {', '.join(ignored)}; ignored, as mergekit "
+            "ignores them"), stacklevel=2)
     recipe.spec().check(file=str(path))
     return recipe
+
+
+def reference_text(value: Any) -> Any:
+    """mergekit's model reference as one string: ``MODEL`` or ``MODEL+ADAPTER`` (its mapping form
+    ``{model: ..., lora: ...}``, each a path or ``{path: ...}``, is folded into that). Revisions are refused:
+    nothing is fetched from a hub."""
+    def path_of(part: Any, where: str) -> str:
+        if isinstance(part, dict):
+            if set(part) - {"path"} or "path" not in part:
+                raise ValueError(f"{where}: only {{path: ...}} is supported (revisions and hub fetching are not)")
+            part = part["path"]
+        if not isinstance(part, str):
+            raise ValueError(f"{where} must be a path")
+        if "@" in part and not Path(part).exists():
+            raise ValueError(f"'{part}': revisions are not supported; give a local folder")
+        return part
+
+    if isinstance(value, dict):
+        unknown = set(value) - {"model", "lora"}
+        if unknown or "model" not in value:
+            raise ValueError(f"a model reference takes 'model' and 'lora', got {sorted(value)}")
+        model = path_of(value["model"], "model")
+        return model if value.get("lora") is None else f"{model}+{path_of(value['lora'], 'lora')}"
+    if isinstance(value, str):
+        for part in value.split("+", 1):
+            path_of(part, "model")
+    return value
+
+
+def resolve_reference(reference: str, recipe_file: Path, *, field: str) -> ParentRef:
+    """A model reference (``MODEL``, an adapter folder, or ``MODEL+ADAPTER``) with each part found on disk."""
+    given = Path(reference).expanduser()
+    if "+" in reference and not given.exists() and not (recipe_file.parent / given).exists():
+        model, _, adapter = reference.partition("+")
+        return ParentRef(model=resolve_model_path(model, recipe_file, field=field),
+                         adapter=resolve_model_path(adapter, recipe_file, field=field))
+    return parse_reference(resolve_model_path(reference, recipe_file, field=field))
 
 
 def resolve_model_path(reference: str, recipe_file: Path, *, field: str) -> Path:

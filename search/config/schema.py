@@ -14,7 +14,7 @@ typed.
 >>> schema["title"], "ties" in schema["properties"]["methods"]["properties"]
 ('merge-search space file', True)
 >>> methods_table().splitlines()[0]
-'| method | what it merges | models | stochastic |'
+'| method | what it merges | models | stochastic | source |'
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pydantic import TypeAdapter
 
 from search.config.space import Space
 from search.methods import METHODS, MergeMethod, ParamSpec
+from search.methods.registry import MERGEKIT_METHODS
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 TITLE = "merge-search space file"
@@ -105,12 +106,13 @@ def _param_schema(spec: ParamSpec) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- methods table
 def methods_table() -> str:
     """The merge methods and their parameters as Markdown, from the registry (for spaces/README.md)."""
-    lines = ["| method | what it merges | models | stochastic |", "| --- | --- | --- | --- |"]
+    lines = ["| method | what it merges | models | stochastic | source |", "| --- | --- | --- | --- | --- |"]
     for method in METHODS.values():
         text, link = _summary(method)
         what = f"{text} ([{'arXiv' if 'arxiv.org' in link else 'ref'}]({link}))" if link else text
         stochastic = "yes" if method.stochastic else "no"
-        lines.append(f"| `{method.name}` | {what} | {_models(method)} | {stochastic} |")
+        source = "mergekit 0.1.5 (equal to 1e-5)" if method.name in MERGEKIT_METHODS else "paper's equation (tested)"
+        lines.append(f"| `{method.name}` | {what} | {_models(method)} | {stochastic} | {source} |")
     lines += ["", "| method | parameter | per model | valid | if omitted | suggested range | meaning |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for method in METHODS.values():
@@ -145,6 +147,10 @@ def _summary(method: MergeMethod) -> tuple[str, str | None]:
 
 
 def _models(method: MergeMethod) -> str:
+    if not method.takes_base:
+        return f"{_count(method)} checkpoints, oldest first (no base)"
+    if method.optional_base:
+        return f"{_count(method)} (with a base: their task vectors)"
     if not method.needs_base:
         return f"{_count(method)} (the base is not used)"
     return f"base + {_count(method)}"

@@ -24,6 +24,7 @@ Every field is documented in ``spaces/README.md``; ``spaces/schema.json`` is gen
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from search.config.yaml_io import load_model
+from search.config.yaml_io import FieldError, load_model
 from search.errors import UserError
 
 SamplerName = Literal["tpe", "cmaes", "nsgaii", "nsgaiii", "gp", "qmc", "random"]
@@ -82,7 +83,17 @@ class Objective(_Frozen):
                                                   "see evaluators/README.md.")
     metric: str = Field(description="The metric the evaluator returns that this objective reads.")
     direction: Literal["maximize", "minimize"] = Field("maximize", description="Higher or lower is better.")
-    weight: float = Field(1.0, description="Weight in the scalarised view (weighted sum of objectives).")
+    weight: float = Field(1.0, description="Weight (>= 0) in the scalarised view (weighted sum of objectives); "
+                                           "to prefer lower values set direction: minimize, not a negative weight.")
+
+    @field_validator("weight")
+    @classmethod
+    def _weight(cls, value: float) -> float:
+        # A negative weight would fight `direction` (and the pruners, which read the weighted sum): one way only.
+        if not value >= 0 or value == float("inf"):
+            raise FieldError(f"weight {value} is not a finite number >= 0",
+                             fix="give a weight >= 0; to prefer lower values of a metric set direction: minimize")
+        return value
 
 
 class Sampler(_Frozen):
@@ -90,6 +101,14 @@ class Sampler(_Frozen):
 
     name: SamplerName = Field("tpe", description="tpe | cmaes | nsgaii | nsgaiii | gp | qmc | random.")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the Optuna sampler.")
+
+    @model_validator(mode="after")
+    def _builds(self) -> Sampler:
+        if self.args:  # built once with them now, so a wrong one is refused at its line, not in the first trial
+            from search.study.samplers import SAMPLERS, checked_args
+
+            checked_args(SAMPLERS[self.name], self.args, what=f"sampler '{self.name}'")
+        return self
 
 
 class Pruner(_Frozen):
@@ -136,8 +155,16 @@ class Resources(_Frozen):
     """Workers for the Ray backend: how many, and what each takes."""
 
     workers: int | None = Field(None, ge=1, description="Actors; default one per GPU, else 1.")
-    gpus_per_worker: float = Field(0, ge=0, description="GPUs per actor (fractions share a GPU).")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker (fractions share a GPU; a whole N > 1 "
+                                                   "shards the working model over N GPUs).")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs per actor.")
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(f"gpus_per_worker above 1 shards a model over whole GPUs: give 2, 3, ..., got {value}")
+        return value
 
 
 ParamValue = Union[float, bool, Range]
@@ -146,7 +173,10 @@ ParamValue = Union[float, bool, Range]
 class Space(_Frozen):
     """A search: parents, methods and their parameter ranges, granularity, objectives, sampler and budget."""
 
-    base_model: str = Field(description="The model the fine-tunes were trained from (local HF folder).")
+    base_model: str | None = Field(
+        None, description="The model the fine-tunes were trained from (local HF folder). Leave it out to average "
+                          "checkpoints of one run (methods that take no base: checkpoint_average, checkpoint_ema, "
+                          "lawa, linear, karcher, multislerp, nuslerp).")
     models: dict[str, str] = Field(min_length=1, description="Fine-tunes by short name -> local HF folder.")
     methods: dict[str, dict[str, ParamValue]] = Field(
         min_length=1, description="Methods to search -> {parameter: [low, high] (searched) or value (fixed)}.")
@@ -159,7 +189,12 @@ class Space(_Frozen):
     pruner: Pruner = Field(default_factory=Pruner, description="Early stopping on growing slices.")
     budget: Budget = Field(default_factory=Budget, description="When to stop.")
     baselines: bool = Field(True, description="Score the hand-set merges a mergekit user would try first.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Merge and score in this.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Storage dtype of the parents and the working model; auto: the base's own "
+                            "(torch_dtype in its config.json). Merge arithmetic is float32 per tensor.")
+    placement: Literal["auto", "resident", "stream"] = Field(
+        "auto", description="Where the parents live on a GPU run: resident (on the GPU), stream (pinned CPU "
+                            "memory, copied per tensor), auto (resident when it fits). See `search plan`.")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     seed: int = Field(0, description="Seed of the sampler and of stochastic methods.")
     output: str = Field("results/run", description="Run folder (relative to this file).")
@@ -192,10 +227,14 @@ class Space(_Frozen):
             for pname, pvalue in params.items():
                 spec = known.get(pname)
                 if spec is None:
-                    raise ValueError(f"'{pname}' is not a parameter of '{method_name}' (it takes: "
-                                     f"{', '.join(known) or 'nothing'})")
+                    close = difflib.get_close_matches(str(pname), list(known), n=1)
+                    hint = f"did you mean '{close[0]}'? " if close else ""
+                    raise FieldError(f"'{pname}' is not a parameter of '{method_name}'", loc=(method_name, pname),
+                                     fix=f"{hint}'{method_name}' takes: {', '.join(known) or 'nothing'}")
                 values = list(pvalue) if isinstance(pvalue, (tuple, list)) else [pvalue]
                 for v in values:
+                    if spec.kind == "int" and isinstance(v, float) and v.is_integer():
+                        v = int(v)  # ParamValue holds numbers as floats (lawa's k: 3 arrives as 3.0)
                     problem = spec.check(float(v) if spec.kind == "float" and not isinstance(v, bool) else v)
                     if problem:
                         raise ValueError(f"{method_name}: {problem}")
@@ -203,17 +242,37 @@ class Space(_Frozen):
                     raise ValueError(f"{method_name}.{pname}: range [{pvalue[0]}, {pvalue[1]}] is reversed")
         return value
 
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, value: list[Objective]) -> list[Objective]:
+        seen: dict[str, int] = {}
+        for i, o in enumerate(value):
+            if o.name in seen:
+                raise FieldError(f"objective name '{o.name}' is used twice (also objectives[{seen[o.name]}])",
+                                 loc=(i, "name"), fix="give each objective its own name")
+            seen[o.name] = i
+        if value and all(o.weight == 0 for o in value):
+            raise FieldError("every objective has weight 0: the weighted search would optimise a constant",
+                             loc=(0, "weight"), fix="give at least one objective a weight > 0")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Space:
-        names = [o.name for o in self.objectives]
-        if len(set(names)) != len(names):
-            raise ValueError(f"objective names must be unique, got {names}")
         from search.merging.spec import lookup_method
 
-        for method_name in self.methods:
-            problem = lookup_method(method_name).check_model_count([False] * len(self.models))
+        for method_name, given in self.methods.items():
+            method = lookup_method(method_name)
+            if self.base_model is None and method.needs_base:
+                raise ValueError(f"methods.{method_name}: '{method_name}' needs a base_model: add 'base_model', or "
+                                 "average checkpoints with checkpoint_average, checkpoint_ema or lawa")
+            problem = method.check_model_count([False] * len(self.models))
             if problem:
                 raise ValueError(f"methods.{method_name}: {problem} (the base is not listed under models)")
+            for pname, pvalue in given.items() if method.check_count is not None else ():
+                high = pvalue[1] if isinstance(pvalue, (tuple, list)) else pvalue
+                problem = method.check_count(len(self.models), {pname: high})
+                if problem:
+                    raise ValueError(f"methods.{method_name}.{pname}: {problem}")
         if self.mode == "pareto" and self.sampler.name in ("cmaes",):
             raise ValueError("the cmaes sampler optimises one objective: set optimize: weighted, or use tpe/nsgaii")
         if self.mode == "pareto" and self.pruner_name in ("median", "successive_halving", "baseline", "wilcoxon"):
@@ -221,6 +280,16 @@ class Space(_Frozen):
                              "(or 'none') with optimize: pareto")
         if self.mode == "weighted" and self.pruner_name == "pareto":
             raise ValueError("pruner 'pareto' needs optimize: pareto")
+        if self.pruner.args:
+            from search.study.samplers import PRUNERS, checked_args
+
+            if self.pruner_name not in PRUNERS:
+                raise FieldError(f"pruner '{self.pruner_name}' takes no arguments", loc=("pruner", "args"),
+                                 fix="remove pruner.args (the baseline and pareto pruners take pruner.margin)")
+            try:
+                checked_args(PRUNERS[self.pruner_name], self.pruner.args, what=f"pruner '{self.pruner_name}'")
+            except FieldError as exc:
+                raise FieldError(str(exc), loc=("pruner", *exc.loc), fix=exc.fix) from None
         return self
 
     @property
@@ -267,7 +336,7 @@ class LoadedSpace(BaseModel):
 
     space: Space
     file: Path
-    base_model: Path
+    base_model: Path  # without a base in the space: the first model, a reference the deltas are taken from
     models: dict[str, Path]
     output: Path
 
@@ -283,7 +352,7 @@ class LoadedSpace(BaseModel):
 
 def study_defining(space: Space) -> dict[str, Any]:
     data = space.model_dump(mode="json")
-    for key in ("budget", "output", "backend", "ray_address", "resources", "storage", "device"):
+    for key in ("budget", "output", "backend", "ray_address", "resources", "storage", "device", "placement"):
         data.pop(key, None)
     return data
 
@@ -304,5 +373,5 @@ def load_space(path: str | Path, *, output: str | Path | None = None) -> LoadedS
 
     models = {name: resolve(p, f"models.{name}") for name, p in space.models.items()}
     out = Path(output) if output is not None else resolve(space.output, "output", must_exist=False)
-    return LoadedSpace(space=space, file=path, base_model=resolve(space.base_model, "base_model"), models=models,
-                       output=out)
+    base = resolve(space.base_model, "base_model") if space.base_model is not None else next(iter(models.values()))
+    return LoadedSpace(space=space, file=path, base_model=base, models=models, output=out)

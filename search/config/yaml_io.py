@@ -19,6 +19,19 @@ M = TypeVar("M", bound=BaseModel)
 Loc = tuple[Any, ...]
 
 
+class FieldError(ValueError):
+    """A validator's complaint about one part of what it checks: ``loc`` extends the location pydantic gives the
+    validator (so the message points at the line of that part), ``fix`` says what to do.
+
+    >>> raise FieldError("names must be unique", loc=(1, "name"), fix="rename one")   # doctest: +SKIP
+    """
+
+    def __init__(self, message: str, *, loc: Loc = (), fix: str | None = None) -> None:
+        super().__init__(message)
+        self.loc = tuple(loc)
+        self.fix = fix
+
+
 def read_yaml(path: Path, *, what: str = "file") -> tuple[Any, dict[Loc, int]]:
     """Parse YAML; return the data and a map from each key/item path to its 1-based line."""
     if not path.exists():
@@ -89,10 +102,14 @@ def validation_error(exc: ValidationError, path: Path, lines: dict[Loc, int],
                      fix_for: Callable[[dict[str, Any]], str | None] | None = None) -> UserError:
     err = _most_specific(exc.errors())
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "list[", "dict["))))
+    cause = err.get("ctx", {}).get("error")
+    if isinstance(cause, FieldError):
+        loc += cause.loc
     line = line_of(lines, loc)
     field = format_loc(loc) or "(top level)"
     where = f"{field}' (line {line})" if line else f"{field}'"
-    fix = (fix_for(err) if fix_for else None) or _default_fix(err)
+    fix = (cause.fix if isinstance(cause, FieldError) else None) or (fix_for(err) if fix_for else None) \
+        or _default_fix(err)
     message = err["msg"].removeprefix("Value error, ")
     text = f"{path}: field '{where}: {message}. Fix: {fix}"
     user = UserError(text)

@@ -24,6 +24,7 @@ from search.export.mergekit_yaml import ExportRecipe, mixture_recipe
 from search.merging.spec import MergeSpec
 from search.selection.mixture import mixed_tensors
 from search.selection.record import Item, Part, Selection, read_selection, ref_label, trial_ref
+from search.weights.adapters import is_adapter
 from search.weights.writer import ModelFolderWriter, check_destination
 
 EXPORT_DIR = "export"
@@ -82,6 +83,7 @@ def export_run(run_dir: str | Path, pick: str, *, out: str | Path | None = None,
     """Write the picked models under ``out`` (default ``RUN_DIR/export``); returns their folders."""
     from search.merging.oneshot import load_layout
     from search.selection.select import loaded_from_run
+    from search.weights.dtypes import storage_dtype_name
     from search.weights.parents import Parents
 
     run_dir = Path(run_dir)
@@ -93,16 +95,19 @@ def export_run(run_dir: str | Path, pick: str, *, out: str | Path | None = None,
     loaded = loaded_from_run(run_dir)
     space = loaded.space
     models = [str(loaded.models[n]) for n in space.models]
+    # mergekit applies an adapter written as BASE+ADAPTER
+    mergekit_models = [f"{loaded.base_model}+{m}" if is_adapter(m) else m for m in models]
     layout = load_layout(loaded.base_model, trust_remote_code=space.trust_remote_code)
-    parents = Parents.load(loaded.base_model, models, dtype=getattr(torch, space.dtype), device=device,
+    dtype_name = storage_dtype_name(space.dtype, loaded.base_model)  # auto: the base's own, as the search ran
+    parents = Parents.load(loaded.base_model, models, dtype=getattr(torch, dtype_name), device=device,
                            allow_pickle=space.allow_pickle, trust_remote_code=space.trust_remote_code,
                            labels=[f"models.{n}" for n in space.models],
                            source=str(run_dir / "resolved.json"))
     written = []
     for item in items:
         mixture = [(specs[p.ref], p.coefficient) for p in item.parts]
-        recipe = mixture_recipe(mixture, base=str(loaded.base_model), models=models, layout=layout,
-                                dtype=space.dtype, stage_names=[p.ref.replace(":", "_") for p in item.parts])
+        recipe = mixture_recipe(mixture, base=str(loaded.base_model), models=mergekit_models, layout=layout,
+                                dtype=dtype_name, stage_names=[p.ref.replace(":", "_") for p in item.parts])
         folder = out_root / item.id
         text = recipe.yaml_text()
         with ModelFolderWriter(folder, source=loaded.base_model, overwrite=overwrite) as writer:

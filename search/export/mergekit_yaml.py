@@ -24,13 +24,9 @@ import yaml
 
 from search.merging.coefficients import Condition, resolve_setting
 from search.merging.spec import MergeSpec
+from search.methods.registry import MERGEKIT_METHODS  # same equations as mergekit 0.1.5 (tests/test_methods_*)
 from search.weights.layout import MODULE_KINDS, ModelLayout
 
-# Our methods that mergekit 0.1.5 implements with the same equations (tests/test_methods_vs_mergekit.py).
-MERGEKIT_METHODS = frozenset({
-    "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "breadcrumbs",
-    "breadcrumbs_ties", "della", "della_linear", "model_stock",
-})
 _TOLERANCE = 1e-12
 
 
@@ -145,7 +141,7 @@ def spec_recipe(spec: MergeSpec, *, base: str, models: Sequence[str], layout: Mo
     """The mergekit config of one merge spec over our parents (``models`` in the spec's order)."""
     method = spec.merge_method
     doc: dict[str, Any] = {"merge_method": spec.method}
-    if method.needs_base:
+    if method.needs_base or (method.optional_base and spec.has_base):  # nuslerp/multislerp: around the base
         doc["base_model"] = base
     listed = []
     for path, params in zip(models, spec.model_parameters):

@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from search.config.recipe import Recipe, load_recipe, resolve_model_path
+from search.config.recipe import Recipe, load_recipe, resolve_model_path, resolve_reference
 from search.errors import UserError
 from search.merging.spec import MergeSpec
 from search.weights.checks import CheckedParents, check_parents
+from search.weights.deltas import TensorDeltas, merge_tensor
 from search.weights.layout import ModelLayout
+from search.weights.sources import base_value, delta_parts
 from search.weights.writer import DEFAULT_SHARD_BYTES, ModelFolderWriter, check_destination
 
 
@@ -34,6 +36,10 @@ def merge_recipe(recipe_path: str | Path, out_dir: str | Path, *, allow_pickle: 
     if method.needs_base and recipe.base_model is None:
         raise UserError(f"merge method '{method.name}' needs a base model", file=recipe_path, field="base_model",
                         fix="add 'base_model: <path of the model the others were fine-tuned from>'")
+    if not method.takes_base and recipe.base_model is not None:
+        raise UserError(f"merge method '{method.name}' takes no base model: it averages the listed checkpoints",
+                        file=recipe_path, field="base_model",
+                        fix="remove 'base_model' and list the checkpoints under 'models', oldest first")
     check_destination(out_dir, overwrite=overwrite)
     parents = _check(recipe, recipe_path, allow_pickle)
     try:
@@ -49,10 +55,10 @@ def merge_recipe(recipe_path: str | Path, out_dir: str | Path, *, allow_pickle: 
 
 
 def _check(recipe: Recipe, recipe_path: Path, allow_pickle: bool) -> CheckedParents:
-    listed = [(f"models[{i}].model", resolve_model_path(m.model, recipe_path, field=f"models[{i}].model"))
+    listed = [(f"models[{i}].model", resolve_reference(m.model, recipe_path, field=f"models[{i}].model"))
               for i, m in enumerate(recipe.models)]
     if recipe.base_model is not None:
-        base = resolve_model_path(recipe.base_model, recipe_path, field="base_model")
+        base = resolve_reference(recipe.base_model, recipe_path, field="base_model")
         listed = [("base_model", base)] + listed
     return check_parents(listed, source=str(recipe_path), allow_pickle=allow_pickle)
 
@@ -83,31 +89,37 @@ def _merge_tensors(spec: MergeSpec, recipe: Recipe, parents: CheckedParents, lay
 
     method = spec.merge_method
     has_base = recipe.base_model is not None
-    reference = parents.checkpoints[0]
-    models = parents.checkpoints[1:] if has_base else parents.checkpoints
+    reference = parents.parents[0]
+    models = parents.parents[1:] if has_base else parents.parents
+    if spec.base_appended:  # mergekit merges an unlisted base as one more input, after the listed ones
+        models = [*models, reference]
+    names = parents.reference.names
     columns = (TextColumn("merging"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task("merge", total=len(reference.names))
-        for name in reference.names:
-            base = reference.get(name, dtype=recipe.compute_dtype, device=device)
-            if not base.is_floating_point():
-                writer.add(name, base)
+        task = bar.add_task("merge", total=len(names))
+        for name in names:
+            dense = reference.dense_value(name, reference, dtype=recipe.compute_dtype, device=device)
+            if not dense.is_floating_point():
+                writer.add(name, dense)
                 bar.advance(task)
                 continue
-            deltas = torch.stack([m.get(name, dtype=base.dtype, device=device) - base for m in models])
+            dtype = dense.dtype
+            parts = delta_parts(reference, models, name, dense, dtype=dtype, device=device)
+            deltas = TensorDeltas.build(dense.shape, parts, dtype=dtype, device=torch.device(device))
+            base = base_value(reference, name, dtype=dtype, device=device) if reference.adapter else dense
             params = spec.tensor_params(name, layout)
-            merged = method.merge(base, deltas, params, seed=spec.tensor_seed(name))
+            merged = merge_tensor(method, base, deltas, params, seed=spec.tensor_seed(name))
             if not torch.isfinite(merged).all():
                 raise UserError(f"merging '{name}' gave NaN or inf values", field="parameters",
                                 fix="check the weights (a normalize over weights summing to 0?)")
             writer.add(name, merged)
-            del deltas, merged, base
+            del deltas, merged, base, dense, parts
             bar.advance(task)
 
 
 def model_card(recipe: Recipe, parents: CheckedParents) -> str:
     """A README.md naming the parents, the method and the parameters."""
-    parent_lines = "\n".join(f"- `{label}`: `{path}`" for label, path in zip(parents.labels, parents.paths))
+    parent_lines = "\n".join(f"- `{label}`: `{p.ref}`" for label, p in zip(parents.labels, parents.parents))
     params = yaml.safe_dump(recipe.model_dump(exclude_none=True, mode="json"), sort_keys=False)
     return (
         "---\nlibrary_name: transformers\ntags: [merge, merge-search]\n---\n"

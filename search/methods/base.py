@@ -33,6 +33,7 @@ from typing import Literal
 import torch
 
 ParamKind = Literal["float", "bool", "int"]
+HALF_DTYPES = (torch.bfloat16, torch.float16)  # merged in float32, one tensor at a time
 
 
 @dataclass(frozen=True)
@@ -85,22 +86,36 @@ class TensorParams:
     per_model: Mapping[str, torch.Tensor] = field(default_factory=dict)
     globals: Mapping[str, float | bool | int] = field(default_factory=dict)
     is_base: torch.Tensor | None = None  # bool (k,), True where the listed model is the base
+    # False when the recipe names no base: ``base`` is then only a reference parent (the first model), which
+    # methods with an optional base (nuslerp, multislerp) must not interpolate around.
+    has_base: bool = True
 
 
 # fn(base, deltas, params, seed, out) -> merged tensor (``out`` itself when the method wrote through it)
 MergeFn = Callable[[torch.Tensor, torch.Tensor, TensorParams, int | None, torch.Tensor | None], torch.Tensor]
+# linear_coefficients(params, k) -> (beta, coeffs): the method is merged = beta * base + sum_i coeffs[i] * delta_i
+LinearCoefficients = Callable[[TensorParams, int], tuple[float, list[float]]]
 # check_values(per-model values by name, global values by name) -> what is wrong, or None
 ValuesCheck = Callable[[Mapping[str, Sequence[float]], Mapping[str, float | bool | int]], str | None]
+# check_count(models merged, global values by name) -> what is wrong, or None (lawa: k <= models)
+CountCheck = Callable[[int, Mapping[str, float | bool | int]], str | None]
 
 
 @dataclass(frozen=True)
 class MergeMethod:
     """A registry entry: a name, its parameters, and the pure function that merges one tensor.
 
-    ``min_models``/``max_models`` count the models the method combines: for a method that ``needs_base``, the
-    listed models other than the base (slerp: exactly 1); for one that does not (linear), every listed model.
+    ``min_models``/``max_models`` count the models the method combines: for a method that ``needs_base`` (or
+    takes an ``optional_base``), the listed models other than the base (slerp: exactly 1); for one that ignores
+    the base (linear, karcher), every listed model, the base too when it is listed (mergekit's ``BasePolicy``:
+    required, optional, ignored).
     ``check_values``, when set, checks constraints between values (della: ``density +/- epsilon`` inside
-    ``(0, 1)``) and returns a sentence saying what is wrong, or None.
+    ``(0, 1)``) and returns a sentence saying what is wrong, or None; ``check_count`` does the same for the
+    number of models against global values (lawa's window). ``takes_base=False`` refuses a recipe that names a
+    base at all (checkpoint averaging: the checkpoints are the models).
+    ``linear_coefficients``, when set, says the method is linear in the task vectors
+    (``beta * base + sum_i c_i * delta_i``) and gives ``(beta, c)``: low-rank task vectors (LoRA) are then
+    combined as factors, and such a merge of adapters can be exported as an adapter.
     """
 
     name: str
@@ -112,21 +127,33 @@ class MergeMethod:
     stochastic: bool = False
     doc: str = ""
     check_values: ValuesCheck | None = None
+    linear_coefficients: LinearCoefficients | None = None
+    optional_base: bool = False
+    takes_base: bool = True
+    check_count: CountCheck | None = None
+
+    @property
+    def excludes_base(self) -> bool:
+        """True when a listed base takes no part as a model (mergekit's required or optional base)."""
+        return self.needs_base or self.optional_base
 
     def count_models(self, is_base: Sequence[bool]) -> int:
         """How many of the listed models count towards ``min_models``/``max_models``."""
-        return len(is_base) if not self.needs_base else sum(1 for b in is_base if not b)
+        return sum(1 for b in is_base if not b) if self.excludes_base else len(is_base)
 
     def check_model_count(self, is_base: Sequence[bool]) -> str | None:
         """Return a sentence saying why this many models cannot be merged, or None."""
         n = self.count_models(is_base)
-        what = "models besides the base" if self.needs_base else "models"
+
+        def what(k: int) -> str:
+            return f"{k} model{'' if k == 1 else 's'}" + (" besides the base" if self.excludes_base else "")
+
         if self.max_models is not None and self.min_models == self.max_models and n != self.min_models:
-            return f"'{self.name}' merges exactly {self.min_models} {what}, got {n}"
+            return f"'{self.name}' merges exactly {what(self.min_models)}, got {n}"
         if n < self.min_models:
-            return f"'{self.name}' needs at least {self.min_models} {what}, got {n}"
+            return f"'{self.name}' needs at least {what(self.min_models)}, got {n}"
         if self.max_models is not None and n > self.max_models:
-            return f"'{self.name}' merges at most {self.max_models} {what}, got {n}"
+            return f"'{self.name}' merges at most {what(self.max_models)}, got {n}"
         return None
 
     def param(self, name: str) -> ParamSpec:
@@ -155,8 +182,17 @@ class MergeMethod:
         """Merge one tensor; write into ``out`` when given (and return it).
 
         ``fn`` may write straight into ``out`` (fused kernels for the linear family); otherwise the result is
-        copied into it.
+        copied into it. Half-precision inputs (bf16, fp16 storage) are merged in float32: this one tensor's base
+        and deltas are upcast, merged, and the result written back in the storage dtype — so a bf16 search
+        differs from a float32 one by the rounding of its inputs and output only.
         """
+        if base.dtype in HALF_DTYPES or deltas.dtype in HALF_DTYPES:
+            storage = base.dtype if out is None else out.dtype
+            result = self.fn(base.float(), deltas.float(), params, seed, None)
+            if out is None:
+                return result.to(storage)
+            out.copy_(result)
+            return out
         result = self.fn(base, deltas, params, seed, out)
         if out is None:
             return result
@@ -218,9 +254,14 @@ def flat_out(out: torch.Tensor | None) -> torch.Tensor | None:
     return out.view(-1)
 
 
-def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
-    """A generator on ``device``: seeded from ``seed``, or from fresh entropy when ``seed`` is None."""
-    generator = torch.Generator(device=device)
+def make_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator seeded from ``seed`` (fresh entropy when None).
+
+    Random masks are always drawn on the CPU and then moved to the tensor's device: CUDA's generator (Philox)
+    gives other bits than the CPU's (Mersenne Twister) for the same seed, and a candidate scored on a GPU must be
+    the very weights exported on a CPU.
+    """
+    generator = torch.Generator(device="cpu")
     if seed is None:
         generator.seed()
     else:

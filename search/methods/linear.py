@@ -68,11 +68,8 @@ def add_weighted_deltas(
     return result.view(base.shape)
 
 
-def linear_merge(
-    base: torch.Tensor, deltas: torch.Tensor, params: TensorParams, seed: int | None, out: torch.Tensor | None
-) -> torch.Tensor:
-    """Weighted average of all listed models (the base row too, when it is listed)."""
-    k = deltas.shape[0]
+def linear_coefficients(params: TensorParams, k: int) -> tuple[float, list[float]]:
+    """``(beta, c)`` with ``merged = beta * base + sum_i c_i * delta_i``."""
     weights = model_values(params, WEIGHT, k)
     total = sum(weights)
     if global_value(params, NORMALIZE):
@@ -81,8 +78,16 @@ def linear_merge(
                 f"linear with normalize: true needs weights whose sum is not 0, got {weights}",
                 field="weight", fix="change the weights, or set normalize: false",
             )
-        return add_weighted_deltas(base, deltas, [w / total for w in weights], out=out)
-    return add_weighted_deltas(base, deltas, weights, beta=total, out=out)
+        return 1.0, [w / total for w in weights]
+    return total, weights
+
+
+def linear_merge(
+    base: torch.Tensor, deltas: torch.Tensor, params: TensorParams, seed: int | None, out: torch.Tensor | None
+) -> torch.Tensor:
+    """Weighted average of all listed models (the base row too, when it is listed)."""
+    beta, coeffs = linear_coefficients(params, deltas.shape[0])
+    return add_weighted_deltas(base, deltas, coeffs, beta=beta, out=out)
 
 
 LINEAR = MergeMethod(
@@ -91,5 +96,6 @@ LINEAR = MergeMethod(
     params=(WEIGHT, NORMALIZE),
     needs_base=False,
     min_models=1,
+    linear_coefficients=linear_coefficients,
     doc="Weighted average of the models (model soup), https://arxiv.org/abs/2203.05482",
 )

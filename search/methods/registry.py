@@ -14,11 +14,17 @@ import difflib
 
 from search.errors import UserError
 from search.methods.base import MergeMethod
+from search.methods.checkpoints import CHECKPOINT_AVERAGE, CHECKPOINT_EMA, LAWA
 from search.methods.iso import ISO_C, ISO_CTS
 from search.methods.linear import LINEAR
 from search.methods.magmax import MAGMAX
 from search.methods.model_stock import MODEL_STOCK
+from search.methods.pairwise import ARCEE_FUSION, NEARSWAP
+from search.methods.passthrough import PASSTHROUGH
+from search.methods.ram import RAM, RAMPLUS_TL
+from search.methods.sce import SCE
 from search.methods.slerp import SLERP
+from search.methods.spherical import KARCHER, MULTISLERP, NUSLERP
 from search.methods.task_arithmetic import (
     BREADCRUMBS,
     BREADCRUMBS_TIES,
@@ -45,12 +51,34 @@ METHODS: dict[str, MergeMethod] = {
         DELLA,
         DELLA_LINEAR,
         MODEL_STOCK,
+        # mergekit 0.1.5's newer methods
+        NUSLERP,
+        MULTISLERP,
+        KARCHER,
+        SCE,
+        RAM,
+        RAMPLUS_TL,
+        NEARSWAP,
+        ARCEE_FUSION,
+        PASSTHROUGH,
+        # beyond mergekit: tested against their papers' equations
         TSV,
         ISO_C,
         ISO_CTS,
         MAGMAX,
+        CHECKPOINT_AVERAGE,
+        CHECKPOINT_EMA,
+        LAWA,
     )
 }
+
+# The methods mergekit 0.1.5 also has (same name, parameters, defaults): `search merge` agrees with mergekit to
+# <= 1e-5 in float32 on each (tests/test_merge_vs_mergekit.py, tests/test_methods_mergekit_015.py).
+MERGEKIT_METHODS: frozenset[str] = frozenset({
+    "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "breadcrumbs", "breadcrumbs_ties",
+    "della", "della_linear", "model_stock", "nuslerp", "multislerp", "karcher", "sce", "ram", "ramplus_tl",
+    "nearswap", "arcee_fusion", "passthrough",
+})
 
 
 def get_method(name: str) -> MergeMethod:

@@ -134,7 +134,7 @@ def _sparse_rows(
     densities = model_values(params, variant.density, k)
     gammas = model_values(params, GAMMA, k) if variant.sparsification == "magnitude_outliers" else None
     epsilons = model_values(params, EPSILON, k) if variant.sparsification == "della_magprune" else None
-    generator = make_generator(seed, deltas.device) if variant.random else None
+    generator = make_generator(seed) if variant.random else None
     for i in rows:
         delta = deltas[i]
         if variant.sparsification == "magnitude":
@@ -179,7 +179,7 @@ def generalized_task_arithmetic(
     if not normalize or abs(divisor) < 1e-8:
         divisor = 1.0
     if variant.sparsification is None:
-        coeffs = [weights[i] * lam / divisor if i in rows else 0.0 for i in range(k)]
+        _, coeffs = _plain_coefficients(params, k, variant=variant)
         return add_weighted_deltas(base, deltas, coeffs, out=out)
 
     mixed: torch.Tensor | None = None
@@ -191,6 +191,17 @@ def generalized_task_arithmetic(
             mixed.add_(apply_mask(deltas[i], mask, rescale=rescale, scale=scale))
     target = flat_out(out)
     return torch.add(base.reshape(-1), mixed.reshape(-1), out=target).view(base.shape)
+
+
+def _plain_coefficients(params: TensorParams, k: int, *, variant: Variant) -> tuple[float, list[float]]:
+    """``(1, c)`` with ``merged = base + sum_i c_i * delta_i`` (members without sparsification or consensus)."""
+    rows = model_rows(params, k)
+    weights = model_values(params, WEIGHT, k)
+    lam = float(global_value(params, LAMBDA))
+    divisor = sum(weights[i] for i in rows)
+    if not bool(global_value(params, variant.normalize)) or abs(divisor) < 1e-8:
+        divisor = 1.0
+    return 1.0, [weights[i] * lam / divisor if i in rows else 0.0 for i in range(k)]
 
 
 def _della_check(
@@ -238,6 +249,8 @@ def _family_member(
         stochastic=variant.random,
         doc=doc,
         check_values=_della_check if sparsification == "della_magprune" else None,
+        linear_coefficients=(functools.partial(_plain_coefficients, variant=variant)
+                             if sparsification is None and not consensus else None),
     )
 
 

@@ -22,9 +22,7 @@ Mixture = Sequence[tuple[MergeSpec, float]]
 
 
 def _merge(parents: Any, spec: MergeSpec, name: str, out: torch.Tensor) -> torch.Tensor:
-    params = spec.tensor_params(name, parents.layout)
-    return spec.merge_method.merge(parents.base[name], parents.deltas[name], params,
-                                   seed=spec.tensor_seed(name), out=out)
+    return parents.merge_tensor(spec, name, out=out)
 
 
 def mixed_tensor(parents: Any, mixture: Mixture, name: str, *,

@@ -71,7 +71,8 @@ def loaded_from_run(run_dir: Path) -> LoadedSpace:
 
     resolved = read_resolved(run_dir)
     space = Space.model_validate(resolved["space"])
-    return LoadedSpace(space=space, file=Path(resolved["space_file"]), base_model=Path(space.base_model),
+    base = space.base_model if space.base_model is not None else next(iter(space.models.values()))
+    return LoadedSpace(space=space, file=Path(resolved["space_file"]), base_model=Path(base),
                        models={n: Path(p) for n, p in space.models.items()}, output=Path(run_dir))
 
 

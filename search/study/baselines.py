@@ -29,7 +29,8 @@ class Baseline:
     uniform: dict[str, float]  # the value every group of each parameter takes (to place it in the space)
 
 
-def hand_set_baselines(model_names: tuple[str, ...], *, seed: int) -> list[Baseline]:
+def hand_set_baselines(model_names: tuple[str, ...], *, seed: int, has_base: bool = True) -> list[Baseline]:
+    """The baselines; without a base (checkpoints of one run) only those that need none: the soup, each alone."""
     k = len(model_names)
 
     def each(**params: float) -> tuple[dict[str, float], ...]:
@@ -46,7 +47,7 @@ def hand_set_baselines(model_names: tuple[str, ...], *, seed: int) -> list[Basel
     for i, name in enumerate(model_names):
         weights = tuple({"weight": 1.0 if j == i else 0.0} for j in range(k))
         out.append(Baseline(f"only_{name}", MergeSpec(method="linear", model_parameters=weights), {}))
-    return out
+    return out if has_base else [b for b in out if not b.spec.merge_method.needs_base]
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,19 @@ class RunSummary:
     failed: int
     baselines: int
     seconds: float
+    already_finished: bool = False  # the run had reached its budget before this start: nothing was run
+
+
+def summarize(study: optuna.Study, run_dir: Path, seconds: float, *, already_finished: bool = False) -> RunSummary:
+    trials = study.get_trials(deepcopy=False)
+    sampled = [t for t in trials if counted(t)]
+    return RunSummary(
+        run_dir=run_dir, finished=len(sampled),
+        complete=sum(t.state == TrialState.COMPLETE for t in sampled),
+        pruned=sum(t.state == TrialState.PRUNED for t in sampled),
+        failed=sum(t.state == TrialState.FAIL for t in sampled),
+        baselines=len(recorded_baselines(study)), seconds=seconds, already_finished=already_finished,
+    )
 
 
 def directions(space: Space) -> list[str]:
@@ -192,15 +205,7 @@ class Driver:
         return self.summary(time.perf_counter() - t0)
 
     def summary(self, seconds: float) -> RunSummary:
-        trials = self.study.get_trials(deepcopy=False)
-        sampled = [t for t in trials if counted(t)]
-        return RunSummary(
-            run_dir=self.run_dir, finished=len(sampled),
-            complete=sum(t.state == TrialState.COMPLETE for t in sampled),
-            pruned=sum(t.state == TrialState.PRUNED for t in sampled),
-            failed=sum(t.state == TrialState.FAIL for t in sampled),
-            baselines=len(recorded_baselines(self.study)), seconds=seconds,
-        )
+        return summarize(self.study, self.run_dir, seconds)
 
     def _done(self) -> int:
         return sum(counted(t) for t in self.study.get_trials(deepcopy=False))
@@ -216,7 +221,8 @@ class Driver:
 
     def _missing_baselines(self) -> list[Baseline]:
         have = {b.name for b in recorded_baselines(self.study)}
-        return [b for b in hand_set_baselines(self.plan.model_names, seed=self.space.seed) if b.name not in have]
+        return [b for b in hand_set_baselines(self.plan.model_names, seed=self.space.seed,
+                                              has_base=self.plan.has_base) if b.name not in have]
 
     def _next_work(self, baselines: deque[Baseline]) -> InFlight | None:
         if baselines:
@@ -382,13 +388,16 @@ def open_backend(loaded: LoadedSpace) -> tuple[LoadedSpace, Backend]:
     return loaded, make_backend(loaded, WorkerConfig.from_space(loaded))
 
 
-def run_study(loaded: LoadedSpace, *, backend: Backend | None = None, progress: bool = True) -> RunSummary:
+def run_study(loaded: LoadedSpace, *, backend: Backend | None = None, progress: bool = True,
+              select: bool = False) -> RunSummary:
     """Start or resume the study of a space: validate everything, then run to the budget.
 
     With ``backend`` (from :func:`open_backend`), the caller owns it: it is started here if it is not, and left
     running for the next stage (selection scores on the same workers); without, one is made and closed here.
+    ``select``: the caller selects next, so a run that reached its budget counts as finished (nothing is run)
+    only once its selection is made.
     """
-    from search.merging.oneshot import load_layout
+    import sys
 
     owned = backend is None
     if owned:
@@ -397,14 +406,20 @@ def run_study(loaded: LoadedSpace, *, backend: Backend | None = None, progress: 
         loaded = storage.adopt_roles(loaded)
     assert backend is not None
     space = loaded.space
-    layout = load_layout(loaded.base_model, trust_remote_code=space.trust_remote_code, source=str(loaded.file))
-    plan = build_plan(space, layout.num_layers)
     try:
-        # Everything that can refuse bad input runs before the run folder is written.
-        preflight(loaded)
+        # Everything that can refuse bad input runs before any model is loaded or the run folder is written.
+        plan = validate_run(loaded)
+        finished = finished_run(loaded, select=select)
+        if finished is not None:
+            return finished
         backend.start()
-        run_dir, _ = storage.prepare_run_dir(loaded)
-        with storage.run_lock(run_dir):
+        with storage.run_lock(loaded.output):
+            run_dir, _ = storage.prepare_run_dir(loaded)
+            journal = storage.journal_path(run_dir, space)
+            if journal is not None:
+                note = storage.repair_torn_tail(journal, run_dir)
+                if note:
+                    print(f"note: {note}", file=sys.stderr)
             driver = Driver(loaded, run_dir, backend, plan, progress=progress)
             driver.recover()
             return driver.run()
@@ -413,28 +428,74 @@ def run_study(loaded: LoadedSpace, *, backend: Backend | None = None, progress: 
             backend.close()
 
 
+def validate_run(loaded: LoadedSpace) -> SearchPlan:
+    """Everything `search start` checks before it loads a model or writes: :func:`preflight`, then the model's
+    layout (its config, on the meta device) and the search plan. Bad input raises UserError; nothing is written.
+    """
+    from search.merging.oneshot import load_layout
+
+    preflight(loaded)
+    layout = load_layout(loaded.base_model, trust_remote_code=loaded.space.trust_remote_code, source=str(loaded.file))
+    return build_plan(loaded.space, layout.num_layers)
+
+
+def finished_run(loaded: LoadedSpace, *, select: bool) -> RunSummary | None:
+    """The summary of a run folder that already reached its trial budget (every baseline scored, nothing left
+    running, and its selection made when ``select``): starting it again must not score or append anything."""
+    run_dir, space = loaded.output, loaded.space
+    journal = storage.journal_path(run_dir, space)
+    if space.budget.trials is None or not (run_dir / storage.RESOLVED).exists():
+        return None
+    if journal is not None and not journal.exists():
+        return None
+    if select and not (run_dir / "selection.json").exists():
+        return None
+    try:
+        study = optuna.load_study(study_name=storage.STUDY_NAME, storage=storage.open_storage(run_dir, space))
+    except KeyError:
+        return None
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.RUNNING for t in trials) or sum(counted(t) for t in trials) < space.budget.trials:
+        return None
+    if space.baselines:
+        have = {b.name for b in recorded_baselines(study)}
+        names = tuple(space.models)
+        if any(b.name not in have for b in hand_set_baselines(names, seed=space.seed)):
+            return None
+    return summarize(study, run_dir, 0.0, already_finished=True)
+
+
 def preflight(loaded: LoadedSpace) -> None:
-    """Check parents and evaluator specs on the driver (cheap), so bad input fails before any work."""
+    """Check parents, evaluator specs, device, output and task names on the driver (cheap), so bad input fails
+    before any work."""
     from evaluators.registry import parse_evaluator_spec
+    from search.study import preflight as checks
     from search.weights.checks import check_parents
 
     space = loaded.space
+    checks.check_device(space.device, file=loaded.file,
+                        local=not (space.backend == "ray" and space.ray_address is not None))
+    checks.check_output(loaded.output, file=loaded.file)
+    checks.check_not_running(loaded.output, file=loaded.file)
+    storage.check_same_space(loaded)
+    journal = storage.journal_path(loaded.output, space)
+    if journal is not None and journal.exists():
+        health = storage.check_journal(journal)
+        if health.damaged:
+            raise storage.damaged_error(health, loaded.output)
     parents = [("base_model", loaded.base_model)] + [(f"models.{n}", p) for n, p in loaded.models.items()]
     check_parents(parents, source=str(loaded.file), allow_pickle=space.allow_pickle).close()
     for i, obj in enumerate(space.objectives):
         parse_evaluator_spec(obj.evaluator, file=loaded.file, field=f"objectives[{i}].evaluator")
-    make_sampler(space)  # unknown sampler arguments are refused here
+    checks.check_lm_eval_tasks(loaded)
+    make_sampler(space)  # the space's validation built it once already; this names the file if it fails
+    make_pruner(space.pruner_name, space.pruner.margin, space.pruner.args)
     if space.pruner_name == "wilcoxon":
         for i, obj in enumerate(space.objectives):
             if obj.evaluator.get("type") != "lm_eval":
                 raise UserError("pruner 'wilcoxon' compares candidates document by document, which only lm_eval "
                                 "evaluators report", file=loaded.file, field=f"objectives[{i}].evaluator.type",
                                 fix="use pruner median or successive_halving with this evaluator")
-    try:
-        make_pruner(space.pruner_name, space.pruner.margin, space.pruner.args)
-    except TypeError as exc:
-        raise UserError(f"pruner '{space.pruner_name}' refused its arguments ({exc})", file=loaded.file,
-                        field="pruner.args", fix="use the keyword arguments of the Optuna pruner") from None
 
 
 def make_backend(loaded: LoadedSpace, config: Any) -> Backend:

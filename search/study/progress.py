@@ -6,7 +6,7 @@ progress (in another process), a finished one, or one that was killed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +54,33 @@ class Status:
     best_baseline: dict[str, float]
     trials_per_minute: float | None
     eta_minutes: float | None
-    failures: list[tuple[int, str]]
+    failures: list[tuple[int, str]]  # counted failures: (trial number, reason)
+    interrupted: list[tuple[int, str]] = field(default_factory=list)  # cut off by a stop; retried, not counted
+    driver: dict[str, Any] | None = None  # the live driver's lock record; None: no driver holds the run
+    live: bool = True  # False when read from a run folder whose driver is gone
+
+    @property
+    def state(self) -> str:
+        if self.live:
+            return "running" + _driver_text(self.driver)
+        if self.budget is not None and self.done >= self.budget and not self.running:
+            return "finished"
+        return "stopped (driver not running)"
 
 
-def status_of(space: Space, study: optuna.Study) -> Status:
+def _driver_text(driver: dict[str, Any] | None) -> str:
+    if not driver:
+        return ""
+    parts = [f"pid {driver['pid']}" if "pid" in driver else "", f"on {driver['host']}" if "host" in driver else "",
+             f"since {driver['started']}" if "started" in driver else ""]
+    text = " ".join(p for p in parts if p)
+    return f" ({text})" if text else ""
+
+
+def status_of(space: Space, study: optuna.Study, *, driver: dict[str, Any] | None = None,
+              live: bool | None = None) -> Status:
+    """The facts of a run. ``driver`` is the live driver's lock record (see ``storage.driver_of``); ``live`` says
+    whether one runs (default: whether ``driver`` is given)."""
     from search.study.baselines import recorded_baselines
 
     trials = study.get_trials(deepcopy=False)
@@ -70,17 +93,22 @@ def status_of(space: Space, study: optuna.Study) -> Status:
         minutes = (finished[-1] - min(starts)).total_seconds() / 60
         rate = len(finished) / minutes if minutes > 0 else None
     budget = space.budget.trials
-    eta = (budget - len(sampled)) / rate if (rate and budget is not None) else None
+    live = driver is not None if live is None else live
+    eta = (budget - len(sampled)) / rate if (rate and budget is not None and live) else None
+    failed = [t for t in sampled if t.state == TrialState.FAIL]
+    cut = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("interrupted")]
     return Status(
         done=len(sampled), budget=budget,
         running=sum(t.state == TrialState.RUNNING for t in trials),
         complete=sum(t.state == TrialState.COMPLETE for t in sampled),
         pruned=sum(t.state == TrialState.PRUNED for t in sampled),
-        failed=sum(t.state == TrialState.FAIL for t in sampled),
+        failed=len(failed),
         baselines=len(baselines), best=best_scores(space, search_scores(trials)),
         best_baseline=best_scores(space, [b.search for b in baselines if b.state == "COMPLETE"]),
         trials_per_minute=rate, eta_minutes=eta,
-        failures=[(t.number, t.user_attrs.get("fail_reason", "?")) for t in trials if t.state == TrialState.FAIL],
+        failures=[(t.number, t.user_attrs.get("fail_reason", "?")) for t in failed],
+        interrupted=[(t.number, t.user_attrs.get("fail_reason", "?")) for t in cut],
+        driver=driver, live=live,
     )
 
 
@@ -90,9 +118,15 @@ def render_status(status: Status, run_dir: Path) -> Any:
     table = Table(title=f"merge-search run {run_dir}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    left = f" ({status.budget - status.done} left)" if status.budget is not None else ""
-    table.add_row("trials", f"{status.done}/{status.budget or '∞'}{left}; running {status.running}")
-    table.add_row("outcome", f"complete {status.complete}, pruned {status.pruned}, failed {status.failed}; "
+    left = f" ({max(0, status.budget - status.done)} left)" if status.budget is not None else ""
+    table.add_row("state", status.state)
+    if status.live:
+        doing = f"; running {status.running}"
+    else:  # no driver: a trial still marked running was cut off, and the next start retries it
+        doing = f"; {status.running} cut off (retried on resume)" if status.running else ""
+    table.add_row("trials", f"{status.done}/{status.budget or '∞'}{left}{doing}")
+    extra = f" (+{len(status.interrupted)} interrupted, retried, not counted)" if status.interrupted else ""
+    table.add_row("outcome", f"complete {status.complete}, pruned {status.pruned}, failed {status.failed}{extra}; "
                              f"baselines {status.baselines}")
     for name, value in status.best.items():
         base = status.best_baseline.get(name)
@@ -104,6 +138,8 @@ def render_status(status: Status, run_dir: Path) -> Any:
         table.add_row("ETA", f"{status.eta_minutes:.1f} min")
     for number, reason in status.failures[-5:]:
         table.add_row(f"failed #{number}", reason)
+    for number, reason in status.interrupted[-3:]:
+        table.add_row(f"interrupted #{number}", reason)
     return table
 
 
@@ -144,7 +180,7 @@ class RunProgress:
         self._progress.update(self._task, completed=done, description=self._describe(study))
 
     def _describe(self, study: optuna.Study) -> str:
-        status = status_of(self.space, study)
+        status = status_of(self.space, study, live=True)
         best = " ".join(f"{k}={v:.3f}" for k, v in status.best.items()) or "-"
         speed = f"{status.trials_per_minute:.1f}/min" if status.trials_per_minute else ""
         phase = f"baselines left {self._baselines_left} | " if self._baselines_left else ""

@@ -56,6 +56,7 @@ class SearchPlan:
     searched: dict[str, tuple[SearchedParam, ...]]  # method -> its searched coefficients
     fixed: dict[str, dict[str, float | bool]]  # method -> fixed parameter values
     seed: int
+    has_base: bool = True  # False: checkpoints without a base (the first is only the reference of the deltas)
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -71,7 +72,8 @@ def build_plan(space: Space, num_layers: int) -> SearchPlan:
     model_names = tuple(space.models)
     plan_stub = SearchPlan(methods=tuple(space.methods), model_names=model_names, num_layers=num_layers,
                            layer_groups=groups_n, module_kinds=space.granularity.module_kinds,
-                           relaxed=space.relaxed, searched={}, fixed={}, seed=space.seed)
+                           relaxed=space.relaxed, searched={}, fixed={}, seed=space.seed,
+                           has_base=space.base_model is not None)
     searched: dict[str, tuple[SearchedParam, ...]] = {}
     fixed: dict[str, dict[str, float | bool]] = {}
     for method_name, given in space.methods.items():
@@ -81,6 +83,8 @@ def build_plan(space: Space, num_layers: int) -> SearchPlan:
         for spec in method.params:
             value = given.get(spec.name)
             rng = _range(spec, value)
+            if rng is not None and value is None and method.check_count is not None:
+                rng = (rng[0], min(rng[1], float(len(model_names))))  # lawa: a window of at most every model
             if rng is None:
                 if value is not None:
                     fixed[method_name][spec.name] = value  # type: ignore[assignment]
@@ -160,7 +164,8 @@ def spec_from_params(params: dict[str, Any], plan: SearchPlan) -> MergeSpec:
         else:
             per_model[model][pname] = setting
     return MergeSpec(method=method, parameters=shared,
-                     model_parameters=tuple(per_model[m] for m in plan.model_names), seed=plan.seed)
+                     model_parameters=tuple(per_model[m] for m in plan.model_names), seed=plan.seed,
+                     has_base=plan.has_base)
 
 
 def _setting(values: dict[str, float], plan: SearchPlan) -> Any:

@@ -50,22 +50,28 @@ class WorkerConfig:
     model_names: tuple[str, ...]
     objectives: tuple[ObjectiveConfig, ...]
     space_file: str
-    dtype: str = "float32"
+    dtype: str = "float32"          # the storage dtype, resolved (never "auto")
     device: str = "auto"
+    placement: str = "auto"         # auto | resident | stream (see search.weights.memory_plan)
+    gpus: int = 1                   # GPUs the working model is sharded over (resources.gpus_per_worker > 1)
     allow_pickle: bool = False
     trust_remote_code: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_space(cls, loaded: Any, device: str | None = None) -> WorkerConfig:
+        from search.weights.dtypes import storage_dtype_name
+
         space = loaded.space
+        wanted = space.resources.gpus_per_worker
         return cls(
             base_model=str(loaded.base_model),
             models=tuple(str(loaded.models[n]) for n in space.models),
             model_names=tuple(space.models),
             objectives=tuple(ObjectiveConfig(o.name, dict(o.evaluator), o.metric) for o in space.objectives),
             space_file=str(Path(loaded.file).resolve()),
-            dtype=space.dtype, device=device or space.device, allow_pickle=space.allow_pickle,
+            dtype=storage_dtype_name(space.dtype, loaded.base_model), device=device or space.device,
+            placement=space.placement, gpus=int(wanted) if wanted > 1 else 1, allow_pickle=space.allow_pickle,
             trust_remote_code=space.trust_remote_code,
         )
 

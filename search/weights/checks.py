@@ -2,7 +2,8 @@
 
 Every failure is a :class:`~search.errors.UserError` naming the file, the field and the fix: a missing path,
 weights only as a pickle, another architecture, other tensor names or shapes, another vocabulary size, or another
-tokenizer (the tokenizer files are compared, not only the vocabulary size).
+tokenizer (the tokenizer files are compared, not only the vocabulary size). A LoRA adapter is checked against the
+reference: its PEFT type, its target modules (present in the base) and its factors' shapes.
 
 >>> parents = check_parents([("base_model", "models/base"), ("models[0].model", "models/code")],
 ...                         source="recipe.yaml")                              # doctest: +SKIP
@@ -19,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import UserError
+from search.weights.adapters import LoraAdapter
 from search.weights.checkpoint import Checkpoint
+from search.weights.layout import tied_aliases
+from search.weights.sources import OpenParent, ParentRef, parse_reference
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt")
 _SHOW = 3
@@ -27,36 +31,84 @@ _SHOW = 3
 
 @dataclass
 class CheckedParents:
-    """Parents that passed every check: their checkpoints (open, lazy) and the reference config."""
+    """Parents that passed every check: each open (lazy) with its checkpoint and/or adapter, and the reference
+    config. ``parents[0]`` is the reference (the base where there is one)."""
 
     labels: list[str]
-    paths: list[Path]
-    checkpoints: list[Checkpoint]
+    parents: list[OpenParent]
     config: dict[str, Any]
 
+    @property
+    def paths(self) -> list[Path]:
+        """Each parent's model folder (the reference's for an adapter given alone)."""
+        ref = self.parents[0].ref.model
+        return [p.ref.model if p.ref.model is not None else ref for p in self.parents]  # type: ignore[misc]
+
+    @property
+    def reference(self) -> Checkpoint:
+        return self.parents[0].checkpoint  # type: ignore[return-value]
+
     def close(self) -> None:
-        for ckpt in self.checkpoints:
-            ckpt.close()
+        for parent in self.parents:
+            parent.close()
 
 
-def check_parents(parents: Sequence[tuple[str, str | Path]], *, source: str | None = None,
+def check_parents(parents: Sequence[tuple[str, str | Path | ParentRef]], *, source: str | None = None,
                   allow_pickle: bool = False) -> CheckedParents:
     """Open and cross-check parents; the first is the reference (the base model where there is one).
 
-    ``parents`` are ``(field, path)`` pairs: the field names where the path was given (``models[1].model``).
+    ``parents`` are ``(field, reference)`` pairs: the field names where it was given (``models[1].model``); a
+    reference is a model folder, an adapter folder (applied to the reference) or ``MODEL+ADAPTER``.
     """
     labels = [label for label, _ in parents]
-    paths = [Path(p) for _, p in parents]
-    checkpoints = [Checkpoint.open(p, allow_pickle=allow_pickle, source=source, field_name=label)
-                   for label, p in parents]
-    configs = [_read_config(p, source, label) for label, p in zip(labels, paths)]
-    ref_label, ref_config, ref_ckpt = labels[0], configs[0], checkpoints[0]
-    for label, path, config, ckpt in zip(labels[1:], paths[1:], configs[1:], checkpoints[1:]):
-        _same_architecture(ref_label, ref_config, label, path, config, source)
-        _same_tensors(ref_label, ref_ckpt, label, ckpt, source)
-        _same_vocabulary(ref_label, ref_config, label, path, config, source)
-        _same_tokenizer(ref_label, paths[0], label, path, source)
-    return CheckedParents(labels=labels, paths=paths, checkpoints=checkpoints, config=ref_config)
+    refs = [parse_reference(r) for _, r in parents]
+    if refs[0].model is None:
+        raise UserError(f"'{refs[0].adapter}' is an adapter, and there is no base model to apply it to",
+                        file=source, field=labels[0],
+                        fix="name the model it was trained on: base_model: <base folder>, or "
+                            "<base folder>+<adapter folder>")
+    opened: list[OpenParent] = []
+    try:
+        for label, ref in zip(labels, refs):
+            ckpt = None if ref.model is None else Checkpoint.open(ref.model, allow_pickle=allow_pickle,
+                                                                   source=source, field_name=label)
+            opened.append(OpenParent(label=label, ref=ref, checkpoint=ckpt, adapter=None))
+        configs = {i: _read_config(p.checkpoint.path, source, labels[i])
+                   for i, p in enumerate(opened) if p.checkpoint is not None}
+        ref_label, ref_config, ref_ckpt = labels[0], configs[0], opened[0].checkpoint
+        assert ref_ckpt is not None
+        for i, parent in enumerate(opened[1:], start=1):
+            if parent.checkpoint is None:
+                continue
+            label, path, config, ckpt = labels[i], parent.checkpoint.path, configs[i], parent.checkpoint
+            _same_architecture(ref_label, ref_config, label, path, config, source)
+            _same_tensors(ref_label, ref_ckpt, label, ckpt, source)
+            _same_vocabulary(ref_label, ref_config, label, path, config, source)
+            _same_tokenizer(ref_label, ref_ckpt.path, label, path, source)
+        stored = set(ref_ckpt.names)
+        for label, parent in zip(labels, opened):
+            if parent.ref.adapter is None:
+                continue
+            parent.adapter = LoraAdapter.open(parent.ref.adapter, allow_pickle=allow_pickle, source=source,
+                                              field_name=label)
+            parent.adapter.resolve_names(stored, lambda: _aliases(ref_ckpt.path))
+            parent.adapter.check_against(lambda n: ref_ckpt.shape(n) if n in stored else None, ref_label)
+    except BaseException:
+        for parent in opened:
+            parent.close()
+        raise
+    return CheckedParents(labels=labels, parents=opened, config=ref_config)
+
+
+def _aliases(folder: Path) -> dict[str, str]:
+    """Tied names of the reference's architecture (none when transformers cannot build it: the adapter's
+    unknown names are then reported as missing modules)."""
+    from transformers import AutoConfig
+
+    try:
+        return tied_aliases(AutoConfig.from_pretrained(str(folder)))
+    except (ValueError, KeyError, OSError):
+        return {}
 
 
 def _read_config(folder: Path, source: str | None, label: str) -> dict[str, Any]:

@@ -155,3 +155,23 @@ def _kind_of(owner: object, owner_path: str, inner_path: str, modules: dict[str,
 def _class_says(module: object, words: Iterable[str]) -> bool:
     name = type(module).__name__.lower()
     return any(w in name for w in words)
+
+
+def tied_aliases(config: object) -> dict[str, str]:
+    """Parameter names that share another's storage (tied embeddings) -> the name a checkpoint stores.
+
+    ``save_pretrained`` writes a tied matrix once, under its first name (``model.embed_tokens.weight``); PEFT
+    adapters may still name the alias (``lm_head.weight``). Built on the ``meta`` device: no memory.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        stored = first.setdefault(id(param), name)
+        if stored != name:
+            aliases[name] = stored
+    return aliases

@@ -1,11 +1,13 @@
 """Parents loaded once for a search: the base and the fine-tunes' task vectors, merged in place per candidate.
 
-``Parents`` holds the base's tensors and, per tensor, the stacked task vectors of the ``k`` fine-tunes
-(``deltas[name][i] = finetune_i - base``) in one dtype on one device. A candidate (a :class:`MergeSpec`) is merged
-straight into the parameters of a model allocated once by :meth:`Parents.build_model`: no disk, no model
-re-creation, no whole-model allocation per candidate.
+``Parents`` holds the base's tensors and, per tensor, the task vectors of the ``k`` parents
+(:class:`~search.weights.deltas.TensorDeltas`: ``finetune_i - base`` as dense rows for full checkpoints, as
+low-rank factors for LoRA adapters, both mixed freely) in one dtype on one device. A candidate (a
+:class:`MergeSpec`) is merged straight into the parameters of a model allocated once by
+:meth:`Parents.build_model`: no disk, no model re-creation, no whole-model allocation per candidate. Methods linear
+in the task vectors use adapters' factors directly; the others see a dense stack built per tensor, on the fly.
 
->>> parents = Parents.load("models/base", ["models/add", "models/rev"], dtype=torch.float32)   # doctest: +SKIP
+>>> parents = Parents.load("models/base", ["models/add", "adapters/rev"], dtype=torch.float32)  # doctest: +SKIP
 >>> model = parents.build_model()                                                            # doctest: +SKIP
 >>> parents.merge_into(model, MergeSpec(method="task_arithmetic", parameters={"weight": 0.5},
 ...                                     model_parameters=({}, {})))                          # doctest: +SKIP
@@ -13,7 +15,8 @@ re-creation, no whole-model allocation per candidate.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,9 @@ import torch
 from search.errors import UserError
 from search.merging.spec import MergeSpec
 from search.weights.checks import check_parents
+from search.weights.deltas import TensorDeltas, merge_tensor
 from search.weights.layout import ModelLayout
+from search.weights.sources import ParentRef, base_value, delta_parts
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -35,23 +40,27 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 @dataclass
 class Parents:
-    """Base tensors and stacked task vectors, resident on ``device`` in ``dtype``."""
+    """Base tensors and task vectors, resident on ``device`` in ``dtype``."""
 
     base_path: Path
     model_paths: list[Path]
     layout: ModelLayout
     config: Any
     base: dict[str, torch.Tensor]
-    deltas: dict[str, torch.Tensor]
+    deltas: dict[str, TensorDeltas]
     fixed: dict[str, torch.Tensor] = field(default_factory=dict)  # non-float tensors, copied as they are
     dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
-    def load(cls, base_path: str | Path, model_paths: Sequence[str | Path], *, dtype: torch.dtype = torch.float32,
-             device: str | torch.device = "auto", allow_pickle: bool = False, trust_remote_code: bool = False,
-             labels: Sequence[str] | None = None, source: str | None = None) -> Parents:
-        """Check the parents against each other, then read each tensor once into base + task vectors."""
+    def load(cls, base_path: str | Path | ParentRef, model_paths: Sequence[str | Path | ParentRef], *,
+             dtype: torch.dtype = torch.float32, device: str | torch.device = "auto", allow_pickle: bool = False,
+             trust_remote_code: bool = False, labels: Sequence[str] | None = None,
+             source: str | None = None) -> Parents:
+        """Check the parents against each other, then read each tensor once into base + task vectors.
+
+        A model may be a full checkpoint folder, a LoRA adapter folder (kept as factors) or ``MODEL+ADAPTER``.
+        """
         from transformers import AutoConfig
 
         dev = resolve_device(device)
@@ -59,25 +68,36 @@ class Parents:
         checked = check_parents([("base_model", base_path)] + list(zip(labels, model_paths)), source=source,
                                 allow_pickle=allow_pickle)
         try:
-            config = AutoConfig.from_pretrained(str(base_path), trust_remote_code=trust_remote_code)
+            config = AutoConfig.from_pretrained(str(checked.paths[0]), trust_remote_code=trust_remote_code)
             layout = ModelLayout.from_config(config)
-            reference, models = checked.checkpoints[0], checked.checkpoints[1:]
+            reference, models = checked.parents[0], checked.parents[1:]
             base: dict[str, torch.Tensor] = {}
-            deltas: dict[str, torch.Tensor] = {}
+            deltas: dict[str, TensorDeltas] = {}
             fixed: dict[str, torch.Tensor] = {}
-            for name in reference.names:
-                b = reference.get(name, device=dev)
-                if not b.is_floating_point():
-                    fixed[name] = b
+            moved = [False] * len(models)
+            for name in checked.reference.names:
+                dense = reference.dense_value(name, reference, dtype=None, device=dev)  # type: ignore[arg-type]
+                if not dense.is_floating_point():
+                    fixed[name] = dense
                     continue
-                b = b.to(dtype)
-                stacked = torch.empty((len(models), *b.shape), dtype=dtype, device=dev)
-                for i, m in enumerate(models):
-                    torch.sub(m.get(name, device=dev).to(dtype), b, out=stacked[i])
-                base[name], deltas[name] = b, stacked
+                dense = dense.to(dtype)
+                parts = delta_parts(reference, models, name, dense, dtype=dtype, device=dev)
+                for i, (d, f) in enumerate(parts):
+                    moved[i] = moved[i] or (d is not None and bool(d.any())) or (f is not None and bool(f[0].any()))
+                if all(d is not None and f is None for d, f in parts):
+                    deltas[name] = TensorDeltas.from_dense(torch.stack([d for d, _ in parts]))  # type: ignore[misc]
+                else:
+                    deltas[name] = TensorDeltas.build(dense.shape, parts, dtype=dtype, device=dev)
+                base[name] = base_value(reference, name, dtype=dtype, device=dev) \
+                    if reference.adapter is not None else dense
         finally:
             checked.close()
-        return cls(base_path=Path(base_path), model_paths=[Path(p) for p in model_paths], layout=layout,
+        for label, path, changed in zip(labels, model_paths, moved):
+            if not changed:  # legitimate input, but almost surely not what was meant
+                warnings.warn(f"{label} ({path}) is identical to the base model: its task vector is zero, so it "
+                              "adds nothing to any merge (check that the path names the fine-tune)", UserWarning,
+                              stacklevel=2)
+        return cls(base_path=checked.paths[0], model_paths=[Path(str(p)) for p in model_paths], layout=layout,
                    config=config, base=base, deltas=deltas, fixed=fixed, dtype=dtype, device=dev)
 
     @property
@@ -89,19 +109,27 @@ class Parents:
         return list(self.base)
 
     def nbytes(self) -> int:
-        """Bytes held: base plus every task vector."""
-        tensors = list(self.base.values()) + list(self.deltas.values()) + list(self.fixed.values())
-        return sum(t.numel() * t.element_size() for t in tensors)
+        """Bytes held: base plus every task vector (adapters at the size of their factors)."""
+        tensors = list(self.base.values()) + list(self.fixed.values())
+        return sum(t.numel() * t.element_size() for t in tensors) + sum(d.nbytes for d in self.deltas.values())
 
     def model_nbytes(self) -> int:
         """Bytes of one model (the base) in the parents' dtype."""
         return sum(t.numel() * t.element_size() for t in self.base.values())
 
-    def build_model(self) -> Any:
-        """Allocate the working model once (from the base's config) on the device, holding the base's weights."""
+    def build_model(self, devices: Mapping[str, torch.device] | None = None) -> Any:
+        """The working model, built on the meta device and filled from the base: no random initialisation, no
+        second copy of the weights (minutes saved for a 7B model).
+
+        ``devices`` (tensor name -> device, see :func:`search.weights.placement.layer_devices`) shards it by
+        layer over several devices, with accelerate's hooks moving activations between them; by default every
+        tensor goes to the parents' device. Non-persistent buffers (rotary ``inv_freq``) are computed by the
+        modules themselves on the CPU, then moved; tied weights are re-tied after the fill.
+        """
+        from accelerate import dispatch_model, init_empty_weights
         from transformers import AutoModelForCausalLM
 
-        with torch.device(self.device):
+        with init_empty_weights(include_buffers=False):  # parameters on meta; buffers computed as usual
             model = AutoModelForCausalLM.from_config(self.config, dtype=self.dtype)
         model.eval()
         state = model.state_dict()
@@ -110,9 +138,43 @@ class Parents:
             raise UserError(f"the model built from {self.base_path}/config.json has no tensor(s) "
                             f"{', '.join(missing[:3])}", field="base_model",
                             fix="use a checkpoint saved by the same transformers architecture it names")
-        with torch.no_grad():
-            for name, tensor in {**self.base, **self.fixed}.items():
-                state[name].copy_(tensor)
+        default = self.device
+
+        def device_of(name: str) -> torch.device:
+            return devices.get(name, default) if devices is not None else default
+
+        for name, tensor in {**self.base, **self.fixed}.items():
+            owner, _, leaf = name.rpartition(".")
+            module = model.get_submodule(owner)
+            target = device_of(name)
+            value = torch.empty(tensor.shape, dtype=tensor.dtype, device=target)  # its own memory, never the base's
+            if target.type != "meta":
+                value.copy_(tensor)
+            if leaf in module._parameters:
+                module._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
+            else:
+                module._buffers[leaf] = value
+        first = device_of(next(iter(self.base))) if self.base else default
+        for name, buffer in list(model.named_buffers()):
+            if name not in self.base and name not in self.fixed:  # non-persistent: computed at construction
+                owner, _, leaf = name.rpartition(".")
+                model.get_submodule(owner)._buffers[leaf] = buffer.to(devices.get(name, first) if devices
+                                                                      else first)
+        model.tie_weights()
+        unfilled = [n for n, p in model.named_parameters(remove_duplicate=False)
+                    if p.device.type == "meta" and device_of(n).type != "meta"]
+        if unfilled:
+            raise UserError(f"{self.base_path} has no weights for {', '.join(unfilled[:3])}"
+                            f"{' and more' if len(unfilled) > 3 else ''}", field="base_model",
+                            fix="use a complete checkpoint saved with save_pretrained()")
+        placed = {n: t.device for n, t in [*model.named_parameters(remove_duplicate=False),
+                                            *model.named_buffers()]}
+        targets = set(placed.values())
+        if len(targets) > 1 and all(d.type != "meta" for d in targets):
+            from search.weights.placement import module_devices
+
+            # from where the tensors are (a tied lm_head sits with the embedding), not where they were asked to be
+            dispatch_model(model, device_map=module_devices(self.layout, placed))
         return model
 
     def merge_into(self, model: Any, spec: MergeSpec, *, names: Sequence[str] | None = None) -> None:
@@ -120,19 +182,24 @@ class Parents:
         if len(spec.model_parameters) != self.num_models:
             raise ValueError(f"spec has {len(spec.model_parameters)} model parameter sets, parents have "
                              f"{self.num_models} fine-tunes")
-        method = spec.merge_method
         state = model.state_dict()
         with torch.no_grad():
             for name in names or self.base:
-                params = spec.tensor_params(name, self.layout)
-                method.merge(self.base[name], self.deltas[name], params, seed=spec.tensor_seed(name),
-                             out=state[name])
+                self.merge_tensor(spec, name, out=state[name])
+
+    def merge_tensor(self, spec: MergeSpec, name: str, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """One merged tensor of ``spec`` (into ``out`` when given)."""
+        return merge_tensor(spec.merge_method, self.base[name], self.deltas[name],
+                            spec.tensor_params(name, self.layout), seed=spec.tensor_seed(name), out=out)
+
+    def stacked_deltas(self, name: str) -> torch.Tensor:
+        """The dense ``(k, *shape)`` task vectors of one tensor, materialised on the device."""
+        return self.deltas[name].stacked()
 
     def merged_state(self, spec: MergeSpec) -> dict[str, torch.Tensor]:
         """The merge of ``spec`` as a new state dict (for export and tests; the search uses merge_into)."""
-        method = spec.merge_method
         out: dict[str, torch.Tensor] = dict(self.fixed)
-        for name in self.base:
-            params = spec.tensor_params(name, self.layout)
-            out[name] = method.merge(self.base[name], self.deltas[name], params, seed=spec.tensor_seed(name))
+        with torch.no_grad():
+            for name in self.base:
+                out[name] = self.merge_tensor(spec, name)
         return out

@@ -1,0 +1,108 @@
+"""Checkpoint averaging in a space without a base: several checkpoints of one run, searched with real parts.
+
+The space names no ``base_model``; the search weighs the checkpoints with ``checkpoint_ema`` / ``lawa`` /
+``checkpoint_average`` (and ``linear``), scores them with a real evaluator in a real journal study, and the
+merged weights of a trial are exactly the method's weighted average of the checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from tiny import load_state
+
+from search.config.space import load_space
+from search.errors import UserError
+from search.methods.checkpoints import checkpoint_weights
+from search.study.baselines import hand_set_baselines, recorded_baselines
+from search.study.loop import run_study
+from search.study.space_to_optuna import build_plan, spec_from_params
+from search.study.storage import STUDY_NAME, open_storage
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def write_space(root: Path, checkpoints: list[Path], **changes: object) -> Path:
+    random.seed(0)
+    with open(root / "text.jsonl", "w") as f:
+        for _ in range(24):
+            f.write(json.dumps({"text": " ".join("".join(random.choice("abcde") for _ in range(4))
+                                                 for _ in range(6))}) + "\n")
+    space = {
+        "models": {f"step{i + 1}000": str(c) for i, c in enumerate(checkpoints)},  # oldest first
+        "methods": {"checkpoint_ema": {"decay": [0.2, 0.9]}, "lawa": {"k": [1, 3]}, "checkpoint_average": {}},
+        "objectives": [{"name": "ppl", "evaluator": {"type": "perplexity", "data": "text.jsonl", "max_length": 48},
+                        "metric": "perplexity", "direction": "minimize"}],
+        "pruner": {"name": "none"},
+        "budget": {"trials": 6},
+        "output": "run",
+        **changes,
+    }
+    path = root / "space.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_a_space_of_checkpoints_without_a_base_searches_and_merges_exactly(
+    family: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    _, checkpoints = family
+    loaded = load_space(write_space(tmp_path, checkpoints))
+    assert loaded.space.base_model is None and loaded.base_model == checkpoints[0]  # a reference only
+    summary = run_study(loaded, progress=False)
+    assert summary.finished == 6
+    study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(tmp_path / "run"))
+    # only baselines that need no base: the soup and each checkpoint alone
+    assert {b.name for b in recorded_baselines(study)} == {"uniform_soup", "only_step1000", "only_step2000",
+                                                          "only_step3000"}
+    done = [t for t in study.get_trials(deepcopy=False)
+            if t.state == optuna.trial.TrialState.COMPLETE and "baseline" not in t.user_attrs]
+    assert {t.user_attrs["method"] for t in done} & {"checkpoint_ema", "lawa", "checkpoint_average"}
+
+    from search.weights.parents import Parents
+
+    plan = build_plan(loaded.space, num_layers=4)
+    parents = Parents.load(loaded.base_model, list(loaded.models.values()), dtype=torch.float32)
+    states = [load_state(c) for c in checkpoints]
+    for trial in done:
+        spec = spec_from_params({**trial.params, "method": trial.user_attrs["method"]}, plan)
+        assert spec.has_base is False
+        values = dict(spec.parameters)
+        weights = checkpoint_weights(spec.method, 3, values)
+        merged = parents.merged_state(spec)
+        for name, value in merged.items():
+            expected = sum(w * s[name] for w, s in zip(weights, states))
+            assert torch.allclose(value, expected, atol=1e-6), (spec.method, values, name)
+
+
+def test_no_base_refuses_methods_that_need_one(family: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    _, checkpoints = family
+    with pytest.raises(UserError, match="needs a base_model"):
+        load_space(write_space(tmp_path, checkpoints, methods={"ties": {}}))
+
+
+def test_lawa_window_larger_than_the_checkpoints_is_refused(family: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    _, checkpoints = family
+    with pytest.raises(UserError, match="k=5 checkpoints but only 3"):
+        load_space(write_space(tmp_path, checkpoints, methods={"lawa": {"k": [1, 5]}}))
+
+
+def test_an_omitted_lawa_window_is_searched_up_to_the_number_of_checkpoints(
+    family: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    _, checkpoints = family
+    loaded = load_space(write_space(tmp_path, checkpoints, methods={"lawa": {}}))
+    (k,) = build_plan(loaded.space, num_layers=4).searched["lawa"]
+    assert (k.low, k.high) == (1.0, 3.0)
+
+
+def test_baselines_without_a_base() -> None:
+    names = [b.name for b in hand_set_baselines(("a", "b"), seed=0, has_base=False)]
+    assert names == ["uniform_soup", "only_a", "only_b"]
