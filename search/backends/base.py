@@ -16,10 +16,15 @@ from search.merging.spec import MergeSpec
 
 @dataclass(frozen=True)
 class Job:
-    kind: Literal["merge", "score"]
+    """``merge`` a candidate's spec; ``load`` a mixture of candidates (selection); ``score`` the loaded model on
+    the first ``fraction`` of a role; ``documents``: score a whole role with each document's value (test)."""
+
+    kind: Literal["merge", "load", "score", "documents"]
     spec: MergeSpec | None = None
     split: str = "search"
     fraction: float = 1.0
+    mixture: tuple[tuple[MergeSpec, float], ...] = ()
+    per_document: bool = False  # score: also each document's value (WilcoxonPruner)
 
 
 @dataclass(frozen=True)

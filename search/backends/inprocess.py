@@ -47,6 +47,15 @@ def run_job(worker: Worker, slot: int, job: Job) -> JobResult:
         if job.kind == "merge":
             assert job.spec is not None
             value = worker.merge(job.spec)
+        elif job.kind == "load":
+            from search.selection.mixture import load_mixture
+
+            load_mixture(worker, list(job.mixture))
+            value = time.perf_counter() - t0
+        elif job.kind == "documents":
+            value = worker.score_documents(job.split)
+        elif job.per_document:
+            value = worker.score_slice_documents(job.split, job.fraction)
         else:
             value = worker.score(job.split, job.fraction)
     except Exception as exc:  # noqa: BLE001 - a failing candidate is data, not a crash

@@ -76,6 +76,8 @@ class RayBackend:
     def start(self) -> None:
         import ray
 
+        if self.actors:  # started already (the search started it; selection goes on with the same actors)
+            return
         if not ray.is_initialized():
             self._connected_here = True
             if self.embedded:
