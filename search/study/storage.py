@@ -84,7 +84,7 @@ def check_same_space(loaded: LoadedSpace) -> bool:
     if not existing.exists():
         return False
     try:
-        before = json.loads(existing.read_text())
+        before = read_resolved(run_dir)  # an old run folder reads as two-role (config/legacy.py)
     except ValueError:
         raise UserError(f"'{existing}' is not valid JSON", file=loaded.file, field="output",
                         fix="restore it from a backup, or give a new output folder") from None
@@ -125,11 +125,30 @@ def resolved_config(loaded: LoadedSpace) -> dict[str, Any]:
 
 
 def read_resolved(run_dir: Path) -> dict[str, Any]:
+    """``resolved.json``; a run folder from before the three roles reads as two-role (see config/legacy.py)."""
+    from search.config.legacy import migrate_space
+
     file = Path(run_dir) / RESOLVED
     if not file.exists():
         raise UserError(f"'{run_dir}' is not a run folder (no {RESOLVED})", field="RUN_DIR",
                         fix="give the output folder of a `search start` run")
-    return json.loads(file.read_text())
+    resolved = json.loads(file.read_text())
+    if "space" in resolved:
+        resolved["space"] = migrate_space(resolved["space"])
+    return resolved
+
+
+def adopt_roles(loaded: LoadedSpace) -> LoadedSpace:
+    """The space to run in ``loaded.output``: as given, or, to resume a run folder from before the three roles,
+    with its evaluators read as they were then (two roles), so that the trials go on scoring the same split."""
+    from search.config.legacy import is_two_role, two_role_evaluator
+
+    file = loaded.output / RESOLVED
+    if not file.exists() or not is_two_role(json.loads(file.read_text()).get("space", {})):
+        return loaded
+    objectives = [o.model_copy(update={"evaluator": two_role_evaluator(dict(o.evaluator))})
+                  for o in loaded.space.objectives]
+    return loaded.model_copy(update={"space": loaded.space.model_copy(update={"objectives": objectives})})
 
 
 def load_run_space(run_dir: Path) -> Space:

