@@ -75,18 +75,25 @@ class Parents:
             deltas: dict[str, TensorDeltas] = {}
             fixed: dict[str, torch.Tensor] = {}
             moved = [False] * len(models)
+            all_full = reference.adapter is None and all(m.adapter is None and m.checkpoint is not None
+                                                         for m in models)
             for name in checked.reference.names:
                 dense = reference.dense_value(name, reference, dtype=None, device=dev)  # type: ignore[arg-type]
                 if not dense.is_floating_point():
                     fixed[name] = dense
                     continue
                 dense = dense.to(dtype)
-                parts = delta_parts(reference, models, name, dense, dtype=dtype, device=dev)
-                for i, (d, f) in enumerate(parts):
-                    moved[i] = moved[i] or (d is not None and bool(d.any())) or (f is not None and bool(f[0].any()))
-                if all(d is not None and f is None for d, f in parts):
-                    deltas[name] = TensorDeltas.from_dense(torch.stack([d for d, _ in parts]))  # type: ignore[misc]
+                if all_full:  # full fine-tunes only: subtract straight into one stack (no second copy)
+                    stacked = torch.empty((len(models), *dense.shape), dtype=dtype, device=dev)
+                    for i, m in enumerate(models):
+                        torch.sub(m.dense_value(name, reference, dtype=dtype, device=dev), dense, out=stacked[i])
+                        moved[i] = moved[i] or bool(stacked[i].any())
+                    deltas[name] = TensorDeltas.from_dense(stacked)
                 else:
+                    parts = delta_parts(reference, models, name, dense, dtype=dtype, device=dev)
+                    for i, (d, f) in enumerate(parts):
+                        moved[i] = moved[i] or (d is not None and bool(d.any())) or (f is not None
+                                                                                     and bool(f[0].any()))
                     deltas[name] = TensorDeltas.build(dense.shape, parts, dtype=dtype, device=dev)
                 base[name] = base_value(reference, name, dtype=dtype, device=dev) \
                     if reference.adapter is not None else dense
