@@ -178,7 +178,7 @@ def _run(loaded: object, *, quiet: bool, select: bool = True) -> None:
         if (run_dir / RESOLVED).exists():
             err.print(f"interrupted; resume with: search resume {run_dir}", highlight=False, soft_wrap=True)
         else:
-            err.print("interrupted before the run started; nothing was written", highlight=False)
+            err.print("interrupted before the run started: no trial was recorded", highlight=False)
         raise typer.Exit(130) from None
     if summary.already_finished:
         typer.echo(f"run folder {summary.run_dir} already reached its budget ({summary.finished} trials); nothing "
@@ -341,17 +341,13 @@ def _load_study(run_dir: Path, space: object) -> object:
 
     from search.study.storage import STUDY_NAME, open_storage
 
-    from search.study.storage import check_journal, damaged_error, journal_path
+    from search.study.storage import journal_path
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     journal = journal_path(run_dir, space)  # type: ignore[arg-type]
-    if journal is not None:
-        if not journal.exists():
-            raise UserError(f"'{run_dir}' has no study journal yet", field="RUN_DIR",
-                            fix="start the run first (`search start SPACE.yaml`)")
-        health = check_journal(journal)  # a torn last record (a write in progress, or a kill) is skipped by Optuna
-        if health.damaged:
-            raise damaged_error(health, run_dir)
+    if journal is not None and not journal.exists():
+        raise UserError(f"'{run_dir}' has no study journal yet", field="RUN_DIR",
+                        fix="start the run first (`search start SPACE.yaml`)")
     try:
         return optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir, space))  # type: ignore[arg-type]
     except KeyError:

@@ -32,7 +32,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from search.config.yaml_io import FieldError, load_model
+from search.config.yaml_io import FieldError, load_model, located
 from search.errors import UserError
 from search.weights.gguf import model_folder
 
@@ -197,7 +197,7 @@ class Space(_Frozen):
         "auto", description="Where the parents live on a GPU run: resident (on the GPU), stream (pinned CPU "
                             "memory, copied per tensor), auto (resident when it fits). See `search plan`.")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    seed: int = Field(0, description="Seed of the sampler and of stochastic methods.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the sampler and of stochastic methods.")
     output: str = Field("results/run", description="Run folder (relative to this file).")
     backend: Literal["inprocess", "ray"] = Field("inprocess", description="Who runs the trials.")
     ray_address: str | None = Field(None, description="Ray cluster address; none starts an embedded instance.")
@@ -205,6 +205,25 @@ class Space(_Frozen):
     storage: str | None = Field(None, description="Optuna storage URL; default: a journal file in the run folder.")
     trust_remote_code: bool = Field(False, description="Let transformers run code shipped with a model.")
     allow_pickle: bool = Field(False, description="Also read pytorch_model.bin (pickle) parents.")
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str | None) -> str | None:
+        fix = "write journal:PATH/TO/study.journal, or an RDB URL such as sqlite:///study.db (or leave it out)"
+        if value is None:
+            return value
+        if value.startswith("journal:"):
+            path = value.removeprefix("journal:")
+            if not path.strip() or Path(path).is_dir():
+                raise FieldError(f"'{value}' names no journal file", fix=fix)
+            return value
+        from sqlalchemy.engine import make_url
+
+        try:
+            make_url(value).get_dialect()
+        except Exception as exc:  # sqlalchemy's own words say what is wrong with the URL
+            raise FieldError(f"'{value}' is not a storage URL ({exc})", fix=fix) from None
+        return value
 
     @field_validator("models")
     @classmethod
@@ -352,10 +371,14 @@ def load_space(path: str | Path, *, output: str | Path | None = None) -> LoadedS
         p = Path(value).expanduser()
         p = p if p.is_absolute() else (root / p).resolve()
         if must_exist and not p.exists():
-            raise UserError(f"path '{value}' does not exist (resolved to {p})", file=path, field=field,
-                            fix="give a local Hugging Face model folder, relative to the space file")
-        # a GGUF parent is read from its dequantized, cached HF folder (converted once)
-        return model_folder(p, dtype=space.dtype, file=path, field=field) if must_exist else p
+            raise located(UserError(f"path '{value}' does not exist (resolved to {p})", file=path, field=field,
+                                    fix="give a local Hugging Face model folder, relative to the space file"))
+        if not must_exist:
+            return p
+        try:  # a GGUF parent is read from its dequantized, cached HF folder (converted once)
+            return model_folder(p, dtype=space.dtype, file=path, field=field)
+        except UserError as exc:
+            raise located(exc) from None
 
     models = {name: resolve(p, f"models.{name}") for name, p in space.models.items()}
     out = Path(output) if output is not None else resolve(space.output, "output", must_exist=False)

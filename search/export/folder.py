@@ -38,9 +38,15 @@ def pick_items(selection: Selection, pick: str, run_dir: Path) -> tuple[list[Ite
         return [selection.winner_item], specs
     if pick == "soup":
         soups = [it for it in selection.items if it.kind == "greedy_soup"]
-        if not soups:
-            raise UserError("this selection has no greedy soup (the study had a single candidate)",
-                            field="--pick", fix=f"pick {PICKS}")
+        if not soups:  # selection makes soups from the best `soup_size` complete candidates, when 2 or more
+            size = selection.options.soup_size
+            if size < 2:
+                why = f"`search select` ran with --soup-size {size}, and a soup needs at least 2 candidates"
+                fix = f"run `search select {run_dir} --soup-size 8`, then export again; or pick {PICKS}"
+            else:
+                why = "the study had fewer than 2 complete candidates (trials and baselines) to make one from"
+                fix = f"let the run finish more trials (`search resume {run_dir}`) and select again; or pick {PICKS}"
+            raise UserError(f"this selection has no greedy soup: {why}", field="--pick", fix=fix)
         return soups, specs
     if pick == "pareto":
         return [it for it in selection.items if it.frontier], specs
@@ -152,8 +158,8 @@ def model_card(selection: Selection, item: Item, specs: dict[str, MergeSpec], re
                loaded: Any, run_dir: Path) -> str:
     """README.md: what the model is, where it came from, how it scored, how to rebuild it."""
     space = loaded.space
-    parents = "\n".join([f"- base: `{loaded.base_model}`"] +
-                        [f"- `{n}`: `{loaded.models[n]}`" for n in space.models])
+    base = [f"- base: `{loaded.base_model}`"] if space.base_model is not None else []  # checkpoints: no base
+    parents = "\n".join(base + [f"- `{n}`: `{loaded.models[n]}`" for n in space.models])
     ends = [ref_label(r) for r in item.ends] if item.ends else ["?", "?"]
     why = {
         "trial": "a trial of the search" + (" on the search-split frontier" if item.frontier else ""),

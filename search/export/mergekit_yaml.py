@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ import yaml
 from search.errors import UserError
 from search.merging.coefficients import Condition, resolve_setting
 from search.merging.spec import MergeSpec
+from search.methods.checkpoints import CHECKPOINT_METHODS, linear_weight
 from search.methods.registry import MERGEKIT_METHODS  # same equations as mergekit 0.1.5 (tests/test_methods_*)
 from search.weights.layout import MODULE_KINDS, ModelLayout
 
@@ -137,9 +139,41 @@ def check_same(original: Any, translated: Any, layout: ModelLayout) -> None:
 
 # -- one merge ---------------------------------------------------------------------------------------------
 
+def map_setting(setting: Any, fn: Any) -> Any:
+    """``setting`` with ``fn`` applied to every value (gradient points, condition values), structure kept."""
+    if isinstance(setting, Condition):
+        return setting.model_copy(update={"value": map_setting(setting.value, fn)})
+    if isinstance(setting, dict):
+        return {**setting, "value": map_setting(setting["value"], fn)}
+    if isinstance(setting, list):
+        return [map_setting(item, fn) for item in setting]
+    return fn(setting)
+
+
+def checkpoints_as_linear(spec: MergeSpec) -> MergeSpec:
+    """A checkpoint average as the ``linear`` merge with the same weights, per checkpoint and per tensor.
+
+    Exact for the settings a search writes (one value, or one point per layer): the weights are a nonlinear
+    function of ``decay``, so a gradient with fewer points than layers would interpolate differently.
+    """
+    n = len(spec.model_parameters)
+    param = next(iter(spec.parameters), None)
+    weights = []
+    for i in range(n):
+        if param is None:
+            weights.append({"weight": linear_weight(spec.method, n, i, None, None)})
+        else:
+            weights.append({"weight": map_setting(spec.parameters[param],
+                                                  functools.partial(linear_weight, spec.method, n, i, param))})
+    return MergeSpec(method="linear", parameters={"normalize": True}, model_parameters=tuple(weights),
+                     has_base=False)
+
+
 def spec_recipe(spec: MergeSpec, *, base: str, models: Sequence[str], layout: ModelLayout,
                 dtype: str = "float32") -> dict[str, Any]:
     """The mergekit config of one merge spec over our parents (``models`` in the spec's order)."""
+    if spec.method in CHECKPOINT_METHODS:  # mergekit has none: its linear merge with the same weights
+        spec = checkpoints_as_linear(spec)
     method = spec.merge_method
     doc: dict[str, Any] = {"merge_method": spec.method}
     if method.needs_base or (method.optional_base and spec.has_base):  # nuslerp/multislerp: around the base
@@ -165,7 +199,10 @@ def spec_notes(spec: MergeSpec) -> list[str]:
         notes.append(f"`{spec.method}` drops task-vector entries at random; merge-search fixed its masks "
                      f"with seed {spec.seed}, which mergekit has no field for: mergekit reproduces this "
                      "merge in expectation only (`search merge` with `seed:` added reproduces it exactly).")
-    if spec.method not in MERGEKIT_METHODS:
+    if spec.method in CHECKPOINT_METHODS:
+        notes.append(f"mergekit 0.1.5 has no `{spec.method}` method: the recipe is the `linear` merge with the "
+                     "same weights per checkpoint (the same model); `search merge` runs it too.")
+    elif spec.method not in MERGEKIT_METHODS:
         notes.append(f"mergekit 0.1.5 has no `{spec.method}` method: run this recipe with `search merge` "
                      "(same YAML format).")
     return notes

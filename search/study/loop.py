@@ -108,9 +108,14 @@ def scalarize(space: Space, scores: dict[str, float]) -> float:
 
 
 def create_study(run_dir: Path, space: Space, store: Any = None) -> optuna.Study:
+    store = store or storage.open_storage(run_dir, space)
+    try:  # a resumed study's sampler continues its random stream elsewhere, or it would replay its first proposals
+        resumed_at = len(store.get_all_trials(store.get_study_id_from_name(storage.STUDY_NAME), deepcopy=False))
+    except KeyError:
+        resumed_at = 0
     return optuna.create_study(
-        study_name=storage.STUDY_NAME, storage=store or storage.open_storage(run_dir, space), load_if_exists=True,
-        sampler=make_sampler(space), pruner=make_pruner(space.pruner_name, space.pruner.margin, space.pruner.args),
+        study_name=storage.STUDY_NAME, storage=store, load_if_exists=True,
+        sampler=make_sampler(space, resumed_at=resumed_at), pruner=make_pruner(space.pruner_name, space.pruner.margin, space.pruner.args),
         directions=directions(space),
     )
 
@@ -141,12 +146,15 @@ class Driver:
         self.progress = RunProgress(self.space, enabled=progress)
 
     # -- recovery ---------------------------------------------------------------------------------------------
-    def recover(self) -> int:
-        """Trials left RUNNING by a driver that died are marked failed (interrupted) and enqueued again once."""
+    def recover(self, reason: str = "interrupted: the run stopped while this trial ran") -> int:
+        """Trials left RUNNING by a driver that died are marked failed (interrupted) and enqueued again once.
+
+        One driver runs a study (the run lock), so every RUNNING trial is one it cut off, or this driver's own
+        when it is interrupted (also one asked but not yet on a slot).
+        """
         stale = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for t in stale:
-            self._fail_interrupted(t.number, t.params, "interrupted: the run stopped while this trial ran",
-                                   retry_of=t.user_attrs.get("retry_of"))
+            self._fail_interrupted(t.number, t.params, reason, retry_of=t.user_attrs.get("retry_of"))
         return len(stale)
 
     def _fail_interrupted(self, number: int, params: dict[str, Any], reason: str, *,
@@ -180,10 +188,7 @@ class Driver:
                     break
                 self._handle(self.backend.wait())
         except KeyboardInterrupt:
-            for slot, current in self.slots.items():
-                if current is not None and current.trial is not None:
-                    self._fail_interrupted(current.trial.number, current.params, "interrupted by the user",
-                                           retry_of=current.retry_of)
+            self.recover("interrupted by the user")
             raise
         finally:
             self.progress.stop()
@@ -382,11 +387,16 @@ def validate_run(loaded: LoadedSpace) -> SearchPlan:
     """Everything `search start` checks before it loads a model or writes: :func:`preflight`, then the model's
     layout (its config, on the meta device) and the search plan. Bad input raises UserError; nothing is written.
     """
+    from search.config.yaml_io import located
     from search.merging.oneshot import load_layout
 
-    preflight(loaded)
-    layout = load_layout(loaded.base_model, trust_remote_code=loaded.space.trust_remote_code, source=str(loaded.file))
-    return build_plan(loaded.space, layout.num_layers)
+    try:
+        preflight(loaded)
+        layout = load_layout(loaded.base_model, trust_remote_code=loaded.space.trust_remote_code,
+                             source=str(loaded.file))
+        return build_plan(loaded.space, layout.num_layers)
+    except UserError as exc:
+        raise located(exc) from None
 
 
 def finished_run(loaded: LoadedSpace, *, select: bool) -> RunSummary | None:
@@ -427,7 +437,6 @@ def preflight(loaded: LoadedSpace) -> None:
                         local=not (space.backend == "ray" and space.ray_address is not None))
     checks.check_output(loaded.output, file=loaded.file)
     checks.check_not_running(loaded.output, file=loaded.file)
-    storage.check_same_space(loaded)
     journal = storage.journal_path(loaded.output, space)
     if journal is not None and journal.exists():
         health = storage.check_journal(journal)
@@ -440,6 +449,7 @@ def preflight(loaded: LoadedSpace) -> None:
     checks.check_lm_eval_tasks(loaded)
     make_sampler(space)  # the space's validation built it once already; this names the file if it fails
     make_pruner(space.pruner_name, space.pruner.margin, space.pruner.args)
+    storage.check_same_space(loaded)
 
 
 def make_backend(loaded: LoadedSpace, config: Any) -> Backend:

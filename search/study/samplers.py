@@ -40,16 +40,40 @@ PRUNERS: dict[str, Any] = {
 }
 
 
-def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
-    """The space's sampler with its arguments; ``seed`` defaults to the space's seed."""
+def make_sampler(space: Space, *, resumed_at: int = 0) -> optuna.samplers.BaseSampler:
+    """The space's sampler with its arguments; ``seed`` defaults to the space's seed.
+
+    ``resumed_at`` (the trials a resumed study already holds) moves the seed to a new one derived from both: a
+    sampler re-created with its first seed would draw its first random proposals again. QMC keeps its seed: its
+    scrambled sequence continues from the trial count by itself.
+    """
     cls = SAMPLERS[space.sampler.name]
     args = checked_args(cls, space.sampler.args, what=f"sampler '{space.sampler.name}'", build=False)
     if "seed" in inspect.signature(cls).parameters:
         args.setdefault("seed", space.seed)
+        if resumed_at and space.sampler.name != "qmc" and args["seed"] is not None:
+            args["seed"] = resumed_seed(int(args["seed"]), resumed_at)
     if space.sampler.name == "cmaes":
         # Baselines and retries are added by hand: CMA-ES should learn from them, and they cover the start.
         args.setdefault("consider_pruned_trials", True)
-    return cls(**args)
+    with warnings.catch_warnings():  # "experimental argument" notices for arguments the user chose: not news
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return cls(**args)
+
+
+def resumed_seed(seed: int, resumed_at: int) -> int:
+    """A seed for the sampler of a study resumed with ``resumed_at`` trials: reproducible, and unlike ``seed``.
+
+    >>> resumed_seed(0, 12) == resumed_seed(0, 12) != resumed_seed(0, 13)
+    True
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, resumed_at]).generate_state(1)[0])
+
+
+# Words in a parameter's annotation that mean a Python object (a function, a sampler, ...), which YAML cannot give.
+_OBJECT_TYPES = ("Callable", "Sampler", "Pruner", "Generator", "Mutation", "Crossover", "Trial")
 
 
 def yaml_arguments(cls: Any) -> dict[str, Any]:
@@ -59,9 +83,8 @@ def yaml_arguments(cls: Any) -> dict[str, Any]:
     for name, param in inspect.signature(cls).parameters.items():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
-        text = str(param.annotation)
-        if any(word in text for word in ("Callable", "Sampler", "Pruner", "Generator", "Mutation", "Crossover", "Trial")) or \
-                (callable(param.default) and not isinstance(param.default, type)):
+        an_object = any(word in str(param.annotation) for word in _OBJECT_TYPES)
+        if an_object or (callable(param.default) and not isinstance(param.default, type)):
             continue
         out[name] = _hint(cls, param.annotation)
     return out

@@ -42,15 +42,21 @@ LOCK = ".lock"
 
 
 def open_storage(run_dir: Path, space: Space | None = None) -> Any:
-    """The run's Optuna storage: the journal file in the run folder, or the URL the space names."""
+    """The run's Optuna storage: the journal file in the run folder, or the URL the space names.
+
+    A journal damaged before its last record (which Optuna cannot replay) is refused with the repair command; a
+    torn last record is left to Optuna, which skips it when reading (a driver cuts it off before appending).
+    """
     import optuna
 
-    if space is not None and space.storage:
-        url = space.storage
-        if url.startswith("journal:"):
-            return optuna.storages.JournalStorage(journal_backend(Path(url.removeprefix("journal:"))))
-        return optuna.storages.RDBStorage(url)
-    return optuna.storages.JournalStorage(journal_backend(run_dir / JOURNAL))
+    journal = journal_path(run_dir, space)
+    if journal is None:
+        return optuna.storages.RDBStorage(space.storage)  # type: ignore[union-attr]
+    if journal.exists():
+        health = check_journal(journal)
+        if health.damaged:
+            raise damaged_error(health, run_dir)
+    return optuna.storages.JournalStorage(journal_backend(journal))
 
 
 def journal_path(run_dir: Path, space: Space | None = None) -> Path | None:
@@ -346,7 +352,8 @@ def repair_journal(path: Path) -> Repair:
         tmp.unlink(missing_ok=True)
         raise UserError(f"the repaired journal does not replay in Optuna ({type(exc).__name__}: {exc}); "
                         f"'{path}' is left as it was", field="study.journal",
-                        fix="keep the run folder and report the problem; start a new run folder meanwhile") from None
+                        fix="keep the run folder and report the problem; start a new run folder meanwhile") \
+            from None
     backup = _backup(path, "damaged")
     os.replace(tmp, path)
     return Repair(records=len(kept), recovered=recovered, dropped=dropped, dropped_bytes=dropped_bytes,

@@ -99,8 +99,15 @@ class Parents:
                     if reference.adapter is not None else dense
         finally:
             checked.close()
-        for label, path, changed in zip(labels, model_paths, moved):
-            if not changed:  # legitimate input, but almost surely not what was meant
+        def where(ref: ParentRef) -> tuple[Path | None, Path | None]:
+            return tuple(None if p is None else Path(p).resolve() for p in (ref.model, ref.adapter))  # type: ignore
+
+        base_ref = where(checked.parents[0].ref)
+        for label, path, changed, parent in zip(labels, model_paths, moved, checked.parents[1:]):
+            # the base itself listed as a model is deliberate (mergekit allows it; a space of checkpoints without
+            # a base takes its first checkpoint as the reference): identical by construction, no warning
+            if not changed and where(parent.ref) != base_ref:
+                # legitimate input, but almost surely not what was meant
                 warnings.warn(f"{label} ({path}) is identical to the base model: its task vector is zero, so it "
                               "adds nothing to any merge (check that the path names the fine-tune)", UserWarning,
                               stacklevel=2)
