@@ -11,6 +11,16 @@ depend on their values), then prints, measured in this one run:
   divided by a measured copy bandwidth (read + write) of this machine;
 - the same candidate merged by mergekit from disk (what mergekit-evolve does per candidate), and our speed-up;
 - peak resident memory of this process against (parents + 2) x model size.
+
+    .venv/bin/python bench/merge_speed.py --lora          # 4 rank-16 LoRA adapters of the same shape
+
+prints, for 4 rank-16 adapters on every attention/MLP projection: the parents' task-vector bytes held as factors
+against the same task vectors held dense, and per-candidate seconds of a task_arithmetic (and linear) merge from
+the factors against the same merge from dense deltas. The dense task vectors (4 x model, 8 GB in fp32 at the
+default shape) are materialised one tensor at a time and both merges of that tensor timed back to back, summed
+over tensors, so the comparison fits a small machine; the dense bytes are those a resident dense ``Parents``
+would hold (k x model). From factors a merge costs 2 x rank flops per element (a matmul), from dense deltas it
+moves (k + 2) x 4 bytes per element: which wins depends on the machine's flops-to-bandwidth ratio.
 """
 
 from __future__ import annotations
@@ -90,6 +100,78 @@ def write_models(root: Path, cfg: dict, n_models: int) -> tuple[Path, list[Path]
     return paths[0], paths[1:]
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_CANDIDATES = {
+    "task_arithmetic": dict(parameters={"lambda": 1.0}, model_parameters=tuple({"weight": w}
+                                                                               for w in (0.5, 0.3, 0.7, 0.4))),
+    "linear": dict(parameters={"normalize": True}, model_parameters=tuple({"weight": w}
+                                                                          for w in (0.4, 0.3, 0.2, 0.1))),
+}
+
+
+def write_adapters(root: Path, cfg: dict, n: int, rank: int) -> list[Path]:
+    """``n`` PEFT LoRA adapter folders (random non-zero factors) on every attention/MLP projection."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(1)
+    targets = {name.removesuffix(".weight"): shape for name, shape in tensor_shapes(cfg).items()
+               if any(f".{t}." in name for t in LORA_TARGETS)}
+    paths = []
+    for k in range(n):
+        folder = root / f"lora{k}"
+        state = {}
+        for module, (out_features, in_features) in targets.items():
+            state[f"base_model.model.{module}.lora_A.weight"] = torch.randn(rank, in_features, generator=g) * 0.01
+            state[f"base_model.model.{module}.lora_B.weight"] = torch.randn(out_features, rank, generator=g) * 0.01
+        LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(LORA_TARGETS)).save_pretrained(str(folder))
+        save_file(state, str(folder / "adapter_model.safetensors"))
+        paths.append(folder)
+    return paths
+
+
+def lora_case(args: argparse.Namespace, cfg: dict, work: Path) -> None:
+    from search.weights.deltas import TensorDeltas, merge_tensor
+    from search.weights.sizes import task_vector_bytes
+
+    subprocess.run([sys.executable, __file__, "--generate-into", str(work), "--fine-tunes", "0",
+                    "--layers", str(args.layers), "--hidden", str(args.hidden),
+                    "--intermediate", str(args.intermediate), "--vocab", str(args.vocab)], check=True)
+    adapters = write_adapters(work, cfg, 4, args.rank)
+    parents = Parents.load(work / "base", adapters, dtype=torch.float32, device="cpu")
+    state = parents.build_model().state_dict()
+    model_bytes = parents.model_nbytes()
+    lora_bytes = sum(d.nbytes for d in parents.deltas.values())
+    dense_bytes = parents.num_models * model_bytes
+    planned = sum(task_vector_bytes(a, itemsize=4) for a in adapters)
+    print(f"4 rank-{args.rank} adapters on {', '.join(LORA_TARGETS)}")
+    print(f"  task vectors held: {lora_bytes / 1e6:9.1f} MB as factors (plan from headers: {planned / 1e6:.1f} MB) "
+          f"vs {dense_bytes / 1e6:9.1f} MB dense: {dense_bytes / lora_bytes:6.1f}x smaller")
+    for method, cand in LORA_CANDIDATES.items():
+        spec = MergeSpec(method=method, **cand)
+        seconds = {"factors": 0.0, "dense": 0.0}
+        with torch.no_grad():
+            # tensor by tensor, both ways back to back (best of --repeats each), so load spikes on a shared
+            # machine hit both alike; the dense task vectors of one tensor are resident at a time
+            for name in parents.names:
+                params = spec.tensor_params(name, parents.layout)
+                dense = TensorDeltas.from_dense(parents.stacked_deltas(name))
+                ways = {"factors": parents.deltas[name], "dense": dense}
+                for way, deltas in ways.items():
+                    merge_tensor(spec.merge_method, parents.base[name], deltas, params, out=state[name])  # warm-up
+                    best = float("inf")
+                    for _ in range(args.repeats):
+                        t0 = time.perf_counter()
+                        merge_tensor(spec.merge_method, parents.base[name], deltas, params, out=state[name])
+                        best = min(best, time.perf_counter() - t0)
+                    seconds[way] += best
+                del ways, dense
+        print(f"  {method:16s} per candidate: {seconds['factors']:7.3f} s from factors vs {seconds['dense']:7.3f} s "
+              f"from dense deltas: {seconds['dense'] / seconds['factors']:5.2f}x")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"peak resident memory {peak / 1e9:.2f} GB (base + working model = {2 * model_bytes / 1e9:.2f} GB)")
+
+
 def copy_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
     """Bytes per second moved (read + write) by a large tensor copy: this machine's practical limit."""
     src = torch.ones(nbytes // 4)
@@ -161,15 +243,29 @@ def main() -> None:
     ap.add_argument("--mergekit-methods", default="task_arithmetic,ties",
                     help="methods also merged by mergekit from disk ('' to skip)")
     ap.add_argument("--work", type=Path, default=None, help="where to write the generated models")
+    ap.add_argument("--lora", action="store_true", help="the LoRA case: 4 adapters, factors vs dense deltas")
+    ap.add_argument("--rank", type=int, default=16, help="LoRA rank of the --lora case")
     ap.add_argument("--generate-into", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--fine-tunes", type=int, default=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.generate_into is not None:  # child process: keeps generation out of the parent's peak memory
-        write_models(args.generate_into, llama_config(args.layers, args.hidden, args.intermediate, args.vocab), 3)
+        write_models(args.generate_into, llama_config(args.layers, args.hidden, args.intermediate, args.vocab),
+                     args.fine_tunes)
         return
 
     cfg = llama_config(args.layers, args.hidden, args.intermediate, args.vocab)
     n_params = sum(torch.Size(s).numel() for s in tensor_shapes(cfg).values())
     work = Path(tempfile.mkdtemp(prefix="merge-speed-", dir=args.work))
+    if args.lora:
+        print(f"model: Llama shape, {args.layers} layers, hidden {args.hidden}: {n_params / 1e9:.3f} B parameters, "
+              f"fp32; torch threads {torch.get_num_threads()}")
+        try:
+            lora_case(args, cfg, work)
+        finally:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+        return
     print(f"model: Llama shape, {args.layers} layers, hidden {args.hidden}: {n_params / 1e9:.3f} B parameters, "
           f"fp32, 3 fine-tunes; torch threads {torch.get_num_threads()}")
     t0 = time.perf_counter()

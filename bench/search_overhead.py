@@ -6,9 +6,9 @@ Printed, each measured in this one run:
 
 1. the fraction of trial wall time NOT spent in the model's own forward passes (measured with forward hooks on the
    working model, over a real run of the trial loop: ask, merge, score, tell, journal writes);
-2. the evaluation compute saved by early stopping: total evaluation seconds of a run with the median pruner
-   against the same run (same seed, same budget) without a pruner, and the held-out score of each run's best
-   trial (the saving only counts if that stays equal);
+2. the evaluation compute saved by early stopping: total evaluation seconds and documents scored of a run with
+   each pruner (median, successive halving, Wilcoxon) against the same run (same seed, same budget) without a
+   pruner, and the TEST score of each run's best trial (the saving only counts if that stays equal);
 3. the per-trial speed-up over the on-disk path a mergekit-evolve user takes today: mergekit merges the candidate
    to a folder, lm-eval loads it by path and scores it (fresh process state each time, as mergekit-evolve does).
 """
@@ -100,8 +100,8 @@ def eval_seconds(run_dir: Path) -> tuple[float, float]:
             sum(t.user_attrs.get("merge_seconds", 0.0) for t in trials))
 
 
-def best_heldout(run_dir: Path, backend: InProcessBackend) -> tuple[float, float]:
-    """(search value, held-out weighted score) of the run's best complete trial."""
+def best_tested(run_dir: Path, backend: InProcessBackend) -> tuple[float, float]:
+    """(search value, test weighted score) of the run's best complete trial."""
     from search.config.space import Space
     from search.study.loop import scalarize
     from search.study.storage import load_run_space
@@ -112,7 +112,7 @@ def best_heldout(run_dir: Path, backend: InProcessBackend) -> tuple[float, float
     backend.start()  # run_study closed it; this reloads the worker
     assert backend.worker is not None
     backend.worker.merge(spec)
-    return best.value, scalarize(space, backend.worker.score("heldout"))
+    return best.value, scalarize(space, backend.worker.score("test"))
 
 
 MERGE_AND_SCORE = """
@@ -173,30 +173,32 @@ def main() -> None:
     print(f"[1] trial loop: {summary.finished} trials in {wall:.1f} s ({wall / summary.finished:.2f} s/trial); "
           f"forward passes {timer.seconds:.1f} s ({timer.calls} calls); merging {merge_p:.2f} s")
     print(f"    fraction of trial wall time not in the model's forward passes: {not_forward:.1%}  (target < 5%)")
-    search_p, held_p = best_heldout(work / "pruned", backend)
+    search_p, held_p = best_tested(work / "pruned", backend)
 
     (_, summary_n, backend_n), wall_n, _ = run(args.space, work / "unpruned", trials=args.trials,
                                                pruner={"name": "none", "slices": [1.0]})
     ev_n, _ = eval_seconds(work / "unpruned")
-    search_n, held_n = best_heldout(work / "unpruned", backend_n)
+    search_n, held_n = best_tested(work / "unpruned", backend_n)
     docs_n = documents_scored(work / "unpruned")
-    print(f"[2] evaluation seconds without pruning: {ev_n:.1f}; best trial search {search_n:.4f} / held-out "
+    print(f"[2] evaluation seconds without pruning: {ev_n:.1f}; best trial search {search_n:.4f} / test "
           f"{held_n:.4f}")
     print(f"    median, slices 25/100 %: {ev_p:.1f} s, saved {1 - ev_p / ev_n:.1%}; pruned {summary.pruned}/"
-          f"{summary.finished}; best trial search {search_p:.4f} / held-out {held_p:.4f}")
+          f"{summary.finished}; best trial search {search_p:.4f} / test {held_p:.4f}")
     for label, pruner in (("median, slices 10/30/100 %", {"name": "median", "slices": [0.1, 0.3, 1.0],
                                                           "args": {"n_startup_trials": 5}}),
                           ("successive halving, 10/30/100 %", {"name": "successive_halving",
                                                                "slices": [0.1, 0.3, 1.0],
-                                                               "args": {"min_resource": 1, "reduction_factor": 2}})):
+                                                               "args": {"min_resource": 1, "reduction_factor": 2}}),
+                          ("wilcoxon, 10/30/100 %", {"name": "wilcoxon", "slices": [0.1, 0.3, 1.0],
+                                                     "args": {"p_threshold": 0.1}})):
         folder = work / label.split(",")[0].replace(" ", "_")
         (_, summ, back), _, _ = run(args.space, folder, trials=args.trials, pruner=pruner)
         ev, _ = eval_seconds(folder)
         docs = documents_scored(folder)
-        s_best, h_best = best_heldout(folder, back)
+        s_best, h_best = best_tested(folder, back)
         print(f"    {label}: {ev:.1f} s, saved {1 - ev / ev_n:.1%} of eval seconds and {1 - docs / docs_n:.1%} of "
               f"documents scored (target >= 40%); pruned {summ.pruned}/{summ.finished}; best trial search "
-              f"{s_best:.4f} / held-out {h_best:.4f}")
+              f"{s_best:.4f} / test {h_best:.4f}")
 
     best = study_of(work / "pruned").best_trial
     spec = MergeSpec.model_validate_json(best.user_attrs["spec"])

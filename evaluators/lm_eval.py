@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from evaluators.protocol import SPLIT_NAMES, SplitName, check_device, check_split, resolve_limit
 from evaluators.registry import LmEvalSpec, SpecContext
-from evaluators.splits import assign_split, fingerprint, first, fixed_order, interleave
+from evaluators.splits import assign_split, fingerprint, first, fixed_order, interleave, shared_documents
 
 if TYPE_CHECKING:
     from lm_eval.api.task import Task
@@ -84,7 +84,7 @@ class _ListedDocs:
 
 
 class LmEvalEvaluator:
-    """lm-eval tasks on our ``search`` / ``heldout`` splits; see the module docstring for how slices are chosen.
+    """lm-eval tasks on our ``search`` / ``select`` / ``test`` roles; see the module docstring for how slices are chosen.
 
     >>> ev = build_evaluator({"type": "lm_eval", "task": "demo_add", "include_path": "tasks"})  # doctest: +SKIP
     >>> ev.score(model, tokenizer, "search", limit=8)                                        # doctest: +SKIP
@@ -98,38 +98,49 @@ class LmEvalEvaluator:
         self._ctx = ctx
         manager = self._task_manager()
         base = self._load(manager, spec.task_names)
-        # our split -> {task name -> task object whose evaluation docs are that split's source}
+        # our role -> {task name -> task object whose evaluation docs are that role's source}
         self._tasks: dict[SplitName, dict[str, Task]] = {s: {} for s in SPLIT_NAMES}
-        # our split -> the fixed order of (task name, document position in the task's evaluation docs)
+        # our role -> the fixed order of (task name, document position in the task's evaluation docs)
         self._order: dict[SplitName, list[tuple[str, int]]] = {}
-        # our split -> the metric names every task of the evaluator reports (the slice-independent headline)
+        # our role -> the metric names every task of the evaluator reports (the slice-independent headline)
         self._shared_metrics: dict[SplitName, set[str]] = {}
-        self._plans: dict[str, dict[SplitName, tuple[str, bool]]] = {}
+        self._plans: dict[str, dict[SplitName, tuple[str, dict[str, float] | None]]] = {}
         for task_name, task in base.items():
             plan = self._plans[task_name] = self._split_plan(task_name, task)
+            loaded: dict[str, Task] = {}
             for split, (task_split, _) in plan.items():
-                obj = task if task_split == _eval_split(task) else self._load_with_split(
-                    manager, task_name, task_split)
-                self._configure(obj)
-                self._tasks[split][task_name] = obj
+                if task_split not in loaded:
+                    loaded[task_split] = task if task_split == _eval_split(task) else self._load_with_split(
+                        manager, task_name, task_split)
+                    self._configure(loaded[task_split])
+                self._tasks[split][task_name] = loaded[task_split]
+        fingerprints: dict[SplitName, list[str]] = {}
         for split in SPLIT_NAMES:
             per_task: dict[str, list[int]] = {}
+            fingerprints[split] = []
             for task_name, obj in self._tasks[split].items():
                 partition = self._plans[task_name][split][1]
                 positions, fps = [], []
                 for i, doc in enumerate(obj.eval_docs):
                     fp = fingerprint(doc)
-                    if not partition or assign_split(fp, spec.heldout_fraction) == split:
+                    if partition is None or assign_split(fp, partition) == split:
                         positions.append(i)
                         fps.append(fp)
                 if positions:
                     per_task[task_name] = [positions[j] for j in fixed_order(fps)]
-            if not per_task:
-                raise ctx.error("heldout_fraction", f"the {split!r} split has no documents",
-                                "add documents, or change heldout_fraction / split_map")
+                fingerprints[split] += [f"{task_name}/{fp}" for fp in fps]
+            if not per_task and self._tasks[split]:
+                raise ctx.error("fractions", f"the {split!r} role has no documents",
+                                "add documents, or change fractions / split_map")
             # each task in its own content-hash order, the tasks mixed in proportion (a stratified sample)
             self._order[split] = interleave(per_task)
-            self._shared_metrics[split] = set.intersection(*(_metric_names(t) for t in self._tasks[split].values()))
+            if self._tasks[split]:
+                self._shared_metrics[split] = set.intersection(
+                    *(_metric_names(t) for t in self._tasks[split].values()))
+        for a, b, n in shared_documents(fingerprints):
+            raise ctx.error("split_map", f"the {a!r} and {b!r} roles share {n} documents",
+                            "give each role its own documents: name a split for each role, or the same split for "
+                            "roles that should divide it (it is then partitioned by content hash)")
         self._check_metric()
         self._check_gen_kwargs()
         self._lm: Any = None
@@ -143,12 +154,26 @@ class LmEvalEvaluator:
               start: int = 0) -> dict[str, float]:
         """Metrics on documents ``[start, limit)`` of the split's fixed order (``start`` > 0: the next part of a
         growing slice, see :meth:`combinable`)."""
+        return self._evaluate(model, tokenizer, split, limit, start, per_document=False)[0]
+
+    def score_documents(self, model: Any, tokenizer: Any, split: SplitName, limit: int | None = None,
+                        start: int = 0) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """``score`` and, for each metric that is a mean over documents, every document's value in the fixed
+        order (from lm-eval's per-sample log, ``log_samples``): what intervals and paired tests need."""
+        return self._evaluate(model, tokenizer, split, limit, start, per_document=True)
+
+    def _evaluate(self, model: Any, tokenizer: Any, split: SplitName, limit: int | None, start: int, *,
+                  per_document: bool) -> tuple[dict[str, float], dict[str, list[float]]]:
         from lm_eval.evaluator import evaluate
 
-        order = self._order[check_split(split)]
+        split = check_split(split)
+        order = self._order[split]
+        if not order:
+            raise ValueError(f"evaluator {self.name!r} has no {split!r} role")
         check_device(model, self.device, self.name)
         chosen: dict[str, list[int]] = defaultdict(list)
-        for task_name, i in order[start: resolve_limit(limit, len(order))]:
+        part = order[start: resolve_limit(limit, len(order))]
+        for task_name, i in part:
             chosen[task_name].append(i)
         tasks = {name: self._tasks[split][name] for name in chosen}
         for task in tasks.values():
@@ -163,11 +188,15 @@ class LmEvalEvaluator:
             samples={name: _IndexSet(ids) for name, ids in chosen.items()},
             cache_requests=False,
             bootstrap_iters=0,
-            log_samples=False,
+            log_samples=per_document,
         )
         assert results is not None  # rank 0 of a single process always gets results
-        return self._metrics(results["results"], {name: len(ids) for name, ids in chosen.items()},
-                             self._shared_metrics[split])
+        metrics = self._metrics(results["results"], {name: len(ids) for name, ids in chosen.items()},
+                                self._shared_metrics[split])
+        if not per_document:
+            return metrics, {}
+        return metrics, _per_document(results["samples"], part,
+                                      [m for m in metrics if "/" not in m and self.combinable(m)])
 
     def combinable(self, metric: str) -> bool:
         """Whether ``metric`` is a mean over documents (every task aggregates it with lm-eval's ``mean``), so
@@ -236,21 +265,31 @@ class LmEvalEvaluator:
                                   f"{task_split!r}: {type(exc).__name__}: {exc}",
                                   "name splits the task's data has") from exc
 
-    def _split_plan(self, task_name: str, task: Task) -> dict[SplitName, tuple[str, bool]]:
-        """Our split -> (the task's split, whether to take only our hash partition of it)."""
+    def _split_plan(self, task_name: str, task: Task) -> dict[SplitName, tuple[str, dict[str, float] | None]]:
+        """Our role -> (the task's split, the fractions of the roles it is partitioned among, or None when the
+        role reads the whole split)."""
         available = _available_splits(task)
-        if self.spec.split_map is not None:
-            m = self.spec.split_map
-            for ours, theirs in (("search", m.search), ("heldout", m.heldout)):
-                if available is not None and theirs not in available:
+        spec = self.spec
+        if spec.split_map is not None:
+            m = spec.split_map
+            named: dict[SplitName, str | None] = {"search": m.search, "select": m.select, "test": m.test}
+            for ours, theirs in named.items():
+                if theirs is not None and available is not None and theirs not in available:
                     raise self._ctx.error(f"split_map.{ours}", f"task {task_name!r} has no split {theirs!r}",
                                           f"use one of: {', '.join(available)}")
-            partition = m.search == m.heldout
-            return {"search": (m.search, partition), "heldout": (m.heldout, partition)}
-        val, test = task.config.validation_split, task.config.test_split
-        if val and test and val != test and (available is None or {val, test} <= set(available)):
-            return {"search": (val, False), "heldout": (test, False)}
-        return {"search": (_eval_split(task), True), "heldout": (_eval_split(task), True)}
+        else:
+            val, test, own = task.config.validation_split, task.config.test_split, _eval_split(task)
+            both = bool(val and test and val != test and (available is None or {val, test} <= set(available)))
+            if spec.legacy_two_roles:  # as before the three roles: search/held-out = validation/test
+                named = {"search": val, "select": test} if both else {"search": own, "select": own}
+            else:
+                named = {"search": val, "select": val, "test": test} if both else dict.fromkeys(SPLIT_NAMES, own)
+        roles = {r: s for r, s in named.items() if s is not None and (r != "test" or spec.fractions.test > 0)}
+        plan: dict[SplitName, tuple[str, dict[str, float] | None]] = {}
+        for role, task_split in roles.items():
+            sharing = [r for r, s in roles.items() if s == task_split]
+            plan[role] = (task_split, spec.fractions.among(sharing) if len(sharing) > 1 else None)
+        return plan
 
     def _configure(self, task: Task) -> None:
         # The same overrides lm-eval's simple_evaluate applies, through the same public Task.set_config.
@@ -341,6 +380,18 @@ class LmEvalEvaluator:
             for name, value in row.items():
                 out[f"{task_name}/{name}"] = value
         return out
+
+
+def _per_document(samples: dict[str, list[dict[str, Any]]], part: list[tuple[str, int]],
+                  metrics: list[str]) -> dict[str, list[float]]:
+    """Each metric's value per document of ``part`` (the scored slice, in our fixed order), from lm-eval's
+    logged samples: one entry per (document, filter), the metric's value under its own name."""
+    logged = {(task, ex["doc_id"], ex["filter"]): ex for task, rows in samples.items() for ex in rows}
+    out: dict[str, list[float]] = {}
+    for metric in metrics:
+        name, _, filt = metric.partition(",")
+        out[metric] = [float(logged[(task, i, filt or "none")][name]) for task, i in part]
+    return out
 
 
 def _eval_split(task: Task) -> str:

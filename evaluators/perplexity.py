@@ -1,4 +1,4 @@
-"""Token-level perplexity of a live model on local text, split by content hash.
+"""Token-level perplexity of a live model on local text, split three ways (search / select / test) by content hash.
 
 Documents: each line of a ``.jsonl`` file (its ``field``), or each blank-line-separated paragraph of any other
 file. Every token after the first of a document is scored once (with BOS prepended, the first is scored too);
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from evaluators.protocol import SplitName, check_device, check_split, model_device, resolve_limit
 from evaluators.registry import PerplexitySpec, SpecContext
-from evaluators.splits import fingerprint, first, hash_partition
+from evaluators.splits import fingerprint, first, role_orders
 
 if TYPE_CHECKING:
     import torch
@@ -86,11 +86,7 @@ class PerplexityEvaluator:
         for i, f in enumerate(files):
             sub = "data" if isinstance(spec.data, str) else f"data[{i}]"
             self.docs += read_text_docs(ctx.existing_file(sub, f), field=spec.field, ctx=ctx, sub_field=sub)
-        self._order = hash_partition([fingerprint(d) for d in self.docs], spec.heldout_fraction)
-        for split, order in self._order.items():
-            if not order:
-                raise ctx.error("heldout_fraction", f"the {split!r} split has no documents "
-                                f"({len(self.docs)} in all)", "add documents or change heldout_fraction")
+        self._order = role_orders([fingerprint(d) for d in self.docs], spec.fractions, ctx)
         self._tokens: list[list[int]] | None = None
         self._tokens_for: Any = None
 

@@ -1,6 +1,6 @@
 """The one contract every evaluator meets.
 
-An evaluator scores a LIVE model and its tokenizer on one of our two splits, optionally on only the first
+An evaluator scores a LIVE model and its tokenizer on one of our three splits (roles), optionally on only the first
 ``limit`` documents of a fixed order, and returns named metrics:
 
     metrics = evaluator.score(model, tokenizer, "search", limit=20)   # {"exact_match": 0.35, ...}
@@ -8,8 +8,11 @@ An evaluator scores a LIVE model and its tokenizer on one of our two splits, opt
 - Built once per worker (task objects, wrappers and tokenized data are set up once), then called many times
   while the search swaps the model's weights IN PLACE between calls. Nothing is cached across calls that
   depends on the weights.
-- ``split`` is ``"search"`` (scored during the search) or ``"heldout"`` (scored once at the end, on the
-  selected candidates). The two never share a document.
+- ``split`` is a role: ``"search"`` (scored during the search), ``"select"`` (the finalists are re-scored on
+  it and the winner is picked on it) or ``"test"`` (scored once, at the end, for a set of models fixed before it
+  is scored: the figure a report states). No two roles share a document. ``"heldout"``, the name of ``select``
+  before there were three roles, is still read as ``select``. An evaluator may have no ``test`` role
+  (``num_docs("test") == 0``: a run folder from before the three roles, or a test fraction of 0).
 - ``limit=k`` scores the first ``k`` documents of a fixed, deterministic order of the split, so growing
   limits score nested slices (the first 10% is inside the first 30%, and so on). ``None`` scores them all;
   a limit above ``num_docs(split)`` scores them all.
@@ -23,8 +26,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import torch
 
-SplitName = Literal["search", "heldout"]
-SPLIT_NAMES: tuple[SplitName, ...] = ("search", "heldout")
+SplitName = Literal["search", "select", "test"]
+SPLIT_NAMES: tuple[SplitName, ...] = ("search", "select", "test")
+LEGACY_SPLIT_NAMES = {"heldout": "select"}
 
 
 @runtime_checkable
@@ -49,8 +53,28 @@ class Evaluator(Protocol):
         ...
 
 
+@runtime_checkable
+class PerDocumentEvaluator(Evaluator, Protocol):
+    """An evaluator that can also say what each document scored (what intervals and paired tests need).
+
+    ``per_document[metric][i]`` is document ``i``'s value in the split's fixed order, for each metric that is a
+    mean over documents (the metric is then ``mean(per_document[metric])``); other metrics are left out.
+    """
+
+    def score_documents(self, model: Any, tokenizer: Any, split: SplitName, limit: int | None = None,
+                        start: int = 0) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """``(metrics, per_document)`` on documents ``[start, limit)`` of the split's fixed order."""
+        ...
+
+
 def check_split(split: str) -> SplitName:
-    """Return ``split`` if it is one of our split names; raise ValueError (a programming error) otherwise."""
+    """Return ``split`` if it is one of our split names (``heldout`` reads as ``select``); raise ValueError (a
+    programming error) otherwise.
+
+    >>> check_split("test"), check_split("heldout")
+    ('test', 'select')
+    """
+    split = LEGACY_SPLIT_NAMES.get(split, split)
     if split not in SPLIT_NAMES:
         raise ValueError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
     return split  # type: ignore[return-value]

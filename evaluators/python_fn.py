@@ -1,4 +1,4 @@
-"""Score a live model with a user's Python function on jsonl documents, split by content hash.
+"""Score a live model with a user's Python function on jsonl documents, split three ways (search / select / test) by content hash.
 
 The function is named ``"package.module:function"`` (an importable module) or ``"path/to/file.py:function"``
 (a file, relative to the space file's folder) and is called as ``function(model, tokenizer, docs)`` under
@@ -25,7 +25,7 @@ from typing import Any
 
 from evaluators.protocol import SplitName, check_device, check_split, resolve_limit
 from evaluators.registry import PythonSpec, SpecContext
-from evaluators.splits import fingerprint, first, hash_partition
+from evaluators.splits import fingerprint, first, role_orders
 
 _FIX_REF = "write 'package.module:function' (an importable module) or 'path/to/file.py:function'"
 
@@ -108,11 +108,7 @@ class PythonEvaluator:
         self.function = load_function(spec.function, ctx)
         self.name = spec.name or spec.function.rpartition(":")[2]
         self.docs = read_jsonl(ctx.existing_file("data", spec.data), ctx)
-        self._order = hash_partition([fingerprint(d) for d in self.docs], spec.heldout_fraction)
-        for split, order in self._order.items():
-            if not order:
-                raise ctx.error("heldout_fraction", f"the {split!r} split has no documents "
-                                f"({len(self.docs)} in all)", "add documents or change heldout_fraction")
+        self._order = role_orders([fingerprint(d) for d in self.docs], spec.fractions, ctx)
 
     def num_docs(self, split: SplitName) -> int:
         return len(self._order[check_split(split)])
@@ -127,6 +123,8 @@ class PythonEvaluator:
 
         check_device(model, self.device, self.name)
         docs = self.documents(split, limit)
+        if not docs:
+            raise ValueError(f"evaluator {self.name!r} has no {split!r} role")
         model.eval()
         with torch.no_grad():
             value = self.function(model, tokenizer, docs)

@@ -24,28 +24,68 @@ if TYPE_CHECKING:
     from evaluators.protocol import Evaluator
 
 
+class RoleFractions(BaseModel):
+    """Each role's share of a data set that several roles read, split by content hash.
+
+    Roles that read the same documents (local data; a task with one split; ``search`` and ``select`` on a task's
+    validation split) divide them in proportion to their fractions among themselves: with the defaults, a single
+    file is split 50/25/25 and a validation split 2:1 between search and select. ``test: 0`` means no test role.
+
+    >>> RoleFractions().model_dump()
+    {'search': 0.5, 'select': 0.25, 'test': 0.25}
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    search: float = Field(0.5, gt=0.0, description="Share scored during the search.")
+    select: float = Field(0.25, gt=0.0, description="Share the finalists are re-scored on and the winner picked on.")
+    test: float = Field(0.25, ge=0.0, description="Share scored once at the end, for the report (0: no test role).")
+
+    def among(self, roles: Any) -> dict[str, float]:
+        """The fractions of ``roles`` only (those sharing one data set), roles with a zero share left out."""
+        return {r: getattr(self, r) for r in roles if getattr(self, r) > 0}
+
+
 class _SpecBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str | None = Field(
         None, description="How results name this evaluator; default: the task / data file / function name."
     )
-    heldout_fraction: float = Field(
-        0.5, gt=0.0, lt=1.0,
-        description="Share of documents held out, where a data set is split by content hash.",
+    fractions: RoleFractions = Field(
+        default_factory=RoleFractions,
+        description="Shares of search / select / test where roles split one data set by content hash.",
     )
+    legacy_two_roles: bool = Field(
+        False, description="Set when a run folder from before the three roles is read (never needed in a space "
+        "file): select reads what was then the held-out split, and there is no test role.",
+    )
+
+    @property
+    def has_test(self) -> bool:
+        """Whether this evaluator has a test role (not for old run folders, ``test: 0`` or ``test: null``)."""
+        return _has_test(self)
+
+
+def _has_test(spec: Any) -> bool:
+    if spec.legacy_two_roles or spec.fractions.test == 0:
+        return False
+    split_map = getattr(spec, "split_map", None)
+    return split_map is None or split_map.test is not None
 
 
 class SplitMap(BaseModel):
-    """Which of the task's own splits serves as our ``search`` and ``heldout`` split.
+    """Which of the task's own splits each of our roles reads.
 
-    Both naming the same task split means: partition that split by content hash (``heldout_fraction``).
+    Roles naming the same task split partition it by content hash (``fractions``); ``test: null`` means no test
+    role (the report then has no test figures).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     search: str = Field(description="The task's split scored during the search, e.g. 'validation'.")
-    heldout: str = Field(description="The task's split for the final held-out scores, e.g. 'test'.")
+    select: str = Field(description="The task's split the winner is picked on, e.g. 'validation'.")
+    test: str | None = Field(description="The task's split scored once at the end, e.g. 'test' (null: none).")
 
 
 class LmEvalSpec(_SpecBase):
@@ -65,8 +105,8 @@ class LmEvalSpec(_SpecBase):
     max_length: int | None = Field(None, ge=1, description="Context length; default: the model config's.")
     split_map: SplitMap | None = Field(
         None,
-        description="Our split -> the task's split. Default: validation/test when the task has both, "
-        "else its one evaluation split partitioned by content hash.",
+        description="Our role -> the task's split. Default: search and select partition the validation split "
+        "and test is the test split, when the task has both; else its one evaluation split partitioned three ways.",
     )
     gen_kwargs: dict[str, Any] | None = Field(
         None, description="Merged into generative tasks' generation_kwargs (max_gen_toks, until, ...)."

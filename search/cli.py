@@ -6,7 +6,7 @@
     search resume RUN_DIR                 resume a run from its folder
     search status RUN_DIR                 progress of a run (in progress, finished or killed)
     search trials RUN_DIR [--out F]       the trial table (printed, or written as .csv / .parquet)
-    search select RUN_DIR                 frontier, soups, held-out re-scoring, report (run by `start` too)
+    search select RUN_DIR                 frontier, soups, re-scoring on select, test, report (run by `start` too)
     search export RUN_DIR --pick best     HF model folders + mergekit YAML of chosen models
     search report RUN_DIR                 re-render report.html / report.md
     search repair RUN_DIR                 recover a study journal damaged by older versions (keeps a backup)
@@ -14,6 +14,8 @@
     search demo                           the demo search end to end on the bundled demo models
 
 Bad input exits with code 2 and a message naming the file, the field and the fix; nothing is written.
+While start/resume/select/export run, the libraries' messages (lm-eval, transformers, datasets, Optuna, Ray) go
+to RUN_DIR/run.log; `--verbose` shows them on the terminal too.
 Ctrl-C stops a run with exit code 130 and says how to resume it.
 """
 
@@ -107,7 +109,7 @@ def _plan_first(loaded: object) -> None:
     from search.weights.memory_plan import plan_for_space, refusal, render_plan
 
     memory_plan = plan_for_space(loaded, for_run=True)
-    err.print(render_plan(memory_plan))
+    Console(stderr=True, width=max(120, err.width)).print(render_plan(memory_plan))
     if not memory_plan.fits:
         raise refusal(memory_plan, getattr(loaded, "file", None))
 
@@ -119,6 +121,7 @@ def start(
     address: str = typer.Option(None, "--address", help="run on a Ray cluster: auto, or ray://HOST:PORT"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     no_select: bool = typer.Option(False, "--no-select", help="skip selection and the report at the end"),
+    verbose: bool = typer.Option(False, "--verbose", help="also show the libraries' messages (always in run.log)"),
 ) -> None:
     """Run the search of SPACE_FILE to its budget, then select and report; an existing run folder of the same
     space resumes."""
@@ -128,7 +131,7 @@ def start(
     if address:
         loaded = loaded.with_ray(address)
     _plan_first(loaded)
-    _run(loaded, quiet=quiet, select=not no_select)
+    _run(loaded, quiet=quiet, select=not no_select, verbose=verbose)
 
 
 @app.command()
@@ -150,6 +153,7 @@ def resume(
     run_dir: Path = typer.Argument(..., help="run folder of an earlier `search start`"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     no_select: bool = typer.Option(False, "--no-select", help="skip selection and the report at the end"),
+    verbose: bool = typer.Option(False, "--verbose", help="also show the libraries' messages (always in run.log)"),
 ) -> None:
     """Continue a run from its folder: finished trials are kept, interrupted ones retried."""
     from search.config.space import load_space
@@ -161,16 +165,42 @@ def resume(
         space_file = run_dir / SPACE_COPY
     loaded = load_space(space_file, output=run_dir)
     _plan_first(loaded)
-    _run(loaded, quiet=quiet, select=not no_select)
+    _run(loaded, quiet=quiet, select=not no_select, verbose=verbose)
 
 
-def _run(loaded: object, *, quiet: bool, select: bool = True) -> None:
-    from search.study.loop import RunAborted, run_study
+def _say_result(selection: object) -> None:
+    """The winner and the run's honest figure: its test score against the best hand-set merge."""
+    from search.report.render import result_sentence
+
+    win = selection.winner_item  # type: ignore[attr-defined]
+    typer.echo(f"winner {win.id} ({win.label})")
+    typer.echo(result_sentence(selection))  # type: ignore[arg-type]
+
+
+def _run(loaded: object, *, quiet: bool, select: bool = True, verbose: bool = False) -> None:
+    """The stages of a run on one backend: the search, then selection on the same workers, then the report."""
+    from search.console import LibraryLog
+    from search.study.loop import RunAborted, open_backend, run_study
     from search.study.storage import RESOLVED
 
     run_dir = loaded.output  # type: ignore[attr-defined]
+    progress = not quiet and sys.stderr.isatty()
+    selection = None
     try:
-        summary = run_study(loaded, progress=not quiet and sys.stderr.isatty(), select=select)  # type: ignore[arg-type]
+        with LibraryLog(loaded.output, verbose=verbose):  # type: ignore[attr-defined]
+            loaded, backend = open_backend(loaded)  # type: ignore[arg-type]
+            try:
+                summary = run_study(loaded, backend=backend, progress=progress, select=select)
+                if select and not summary.already_finished:
+                    from search.selection.select import select_run
+
+                    selection = select_run(summary.run_dir, backend=backend, progress=progress)
+            finally:
+                backend.close()
+            if selection is not None:
+                from search.report.render import render_report
+
+                render_report(summary.run_dir, selection=selection)
     except RunAborted as exc:
         err.print(f"[bold red]run stopped:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
@@ -178,7 +208,7 @@ def _run(loaded: object, *, quiet: bool, select: bool = True) -> None:
         if (run_dir / RESOLVED).exists():
             err.print(f"interrupted; resume with: search resume {run_dir}", highlight=False, soft_wrap=True)
         else:
-            err.print("interrupted before the run started; nothing was written", highlight=False)
+            err.print("interrupted before the run started: no trial was recorded", highlight=False)
         raise typer.Exit(130) from None
     if summary.already_finished:
         typer.echo(f"run folder {summary.run_dir} already reached its budget ({summary.finished} trials); nothing "
@@ -186,8 +216,11 @@ def _run(loaded: object, *, quiet: bool, select: bool = True) -> None:
                    f"`search select {summary.run_dir}` redoes the selection.")
         return
     typer.echo(f"run folder {summary.run_dir}: {summary.finished} trials ({summary.complete} complete, "
-               f"{summary.pruned} pruned, {summary.failed} failed) + {summary.baselines} baselines "
-               f"in {summary.seconds:.0f} s")
+               f"{summary.pruned} pruned, {summary.failed} failed) + {summary.baselines} baselines; "
+               f"search {summary.seconds:.0f} s"
+               + (f", selection {selection.seconds['total']:.0f} s" if selection is not None else ""))
+    if selection is not None:
+        _say_result(selection)
     if select and (summary.run_dir / "report.html").exists():
         typer.echo(f"report: {summary.run_dir / 'report.html'} (and report.md); export a model with "
                    f"`search export {summary.run_dir} --pick best`")
@@ -197,6 +230,7 @@ def _run(loaded: object, *, quiet: bool, select: bool = True) -> None:
 def demo(
     output: Path = typer.Option(None, "--output", "-o", help="run folder (default: results/demo)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    verbose: bool = typer.Option(False, "--verbose", help="also show the libraries' messages (always in run.log)"),
 ) -> None:
     """Run the demo search end to end on the bundled demo models (spaces/demo.yaml), offline, on CPU."""
     from search.config.space import load_space
@@ -204,7 +238,7 @@ def demo(
     space_file = Path(__file__).resolve().parents[1] / "spaces" / "demo.yaml"
     if not space_file.exists():
         raise UserError(f"the demo space {space_file} is missing", fix="run from a checkout of merge-search")
-    _run(load_space(space_file, output=output), quiet=quiet)
+    _run(load_space(space_file, output=output), quiet=quiet, verbose=verbose)
 
 
 @app.command()
@@ -260,21 +294,31 @@ def _alphas(text: str) -> list[float]:
 @app.command()
 def select(
     run_dir: Path = typer.Argument(..., help="run folder (finished or interrupted)"),
-    top_k: int = typer.Option(5, "--top-k", min=1, help="frontier size in weighted mode (the k best)"),
+    top_k: int = typer.Option(None, "--top-k", min=1,
+                              help="frontier size in weighted mode (default: scales with the complete trials, 2-5)"),
     max_front: int = typer.Option(6, "--max-front", min=2, help="pareto mode: most front points kept"),
-    alphas: str = typer.Option("0.25,0.5,0.75", "--alphas", help="interpolation alphas, in (0, 1)"),
-    soup_size: int = typer.Option(8, "--soup-size", min=1, help="best candidates the soups draw from"),
+    alphas: str = typer.Option(None, "--alphas", help="interpolation alphas, in (0, 1) (default: 0.5 below 20 "
+                               "complete candidates, else 0.25,0.5,0.75)"),
+    soup_size: int = typer.Option(None, "--soup-size", min=1,
+                                  help="best candidates the soups draw from (default: scales, 2-8)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    verbose: bool = typer.Option(False, "--verbose", help="also show the libraries' messages (always in run.log)"),
 ) -> None:
-    """Frontier, interpolations and soups scored on held-out data: selection.json, report.html, report.md."""
+    """Frontier, interpolations and soups scored on select; the winner picked there and a fixed set scored on
+    test: selection.json, report.html, report.md."""
     from search.selection.record import Options
     from search.selection.select import select_run
 
-    options = Options(top_k=top_k, max_front=max_front, alphas=_alphas(alphas), soup_size=soup_size)
-    selection = select_run(run_dir, progress=not quiet and sys.stderr.isatty(), options=options)
-    win = selection.winner_item
-    scores = ", ".join(f"{k} {v:.4f}" for k, v in win.heldout.items())
-    typer.echo(f"winner {win.id} ({win.label}): held-out {scores}")
+    from search.console import LibraryLog
+
+    options = Options(top_k=top_k, max_front=max_front, alphas=None if alphas is None else _alphas(alphas),
+                      soup_size=soup_size)
+    from search.report.render import render_report
+
+    with LibraryLog(run_dir, verbose=verbose):
+        selection = select_run(run_dir, progress=not quiet and sys.stderr.isatty(), options=options)
+        render_report(run_dir, selection=selection)
+    _say_result(selection)
     typer.echo(f"report: {run_dir / 'report.html'} and {run_dir / 'report.md'}; "
                f"export: search export {run_dir} --pick best")
 
@@ -286,12 +330,23 @@ def export(
     out: Path = typer.Option(None, "--out", help="folder to write into (default RUN_DIR/export)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace existing export folders"),
     device: str = typer.Option("cpu", "--device", help="where to compute the weights (cpu, cuda)"),
+    as_: str = typer.Option("folder", "--as", help="folder (a full HF model) or adapter (a PEFT LoRA, for a "
+                                                   "linear merge of LoRA adapters)"),
+    verbose: bool = typer.Option(False, "--verbose", help="also show the libraries' messages (always in run.log)"),
 ) -> None:
     """Write picked models as Hugging Face folders, each with a model card and a mergekit YAML beside it."""
+    from search.console import LibraryLog
     from search.export.folder import export_run
 
-    for folder in export_run(run_dir, pick, out=out, overwrite=overwrite, device=device):
-        typer.echo(f"{folder}  (mergekit recipe: {folder.parent / (folder.name + '.mergekit.yaml')})")
+    if as_ not in ("folder", "adapter"):
+        raise UserError(f"--as {as_} is not a format", field="--as", fix="write --as folder or --as adapter")
+    with LibraryLog(run_dir, verbose=verbose):
+        folders = export_run(run_dir, pick, out=out, overwrite=overwrite, device=device, as_adapter=as_ == "adapter")
+    for folder in folders:
+        if as_ == "adapter":
+            typer.echo(f"{folder}  (PEFT LoRA adapter of {folder.name})")
+        else:
+            typer.echo(f"{folder}  (mergekit recipe: {folder.parent / (folder.name + '.mergekit.yaml')})")
 
 
 @app.command()
@@ -333,17 +388,13 @@ def _load_study(run_dir: Path, space: object) -> object:
 
     from search.study.storage import STUDY_NAME, open_storage
 
-    from search.study.storage import check_journal, damaged_error, journal_path
+    from search.study.storage import journal_path
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     journal = journal_path(run_dir, space)  # type: ignore[arg-type]
-    if journal is not None:
-        if not journal.exists():
-            raise UserError(f"'{run_dir}' has no study journal yet", field="RUN_DIR",
-                            fix="start the run first (`search start SPACE.yaml`)")
-        health = check_journal(journal)  # a torn last record (a write in progress, or a kill) is skipped by Optuna
-        if health.damaged:
-            raise damaged_error(health, run_dir)
+    if journal is not None and not journal.exists():
+        raise UserError(f"'{run_dir}' has no study journal yet", field="RUN_DIR",
+                        fix="start the run first (`search start SPACE.yaml`)")
     try:
         return optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir, space))  # type: ignore[arg-type]
     except KeyError:
@@ -360,7 +411,9 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(rc, int) and rc != 0:  # typer.Exit(code) is returned, not raised, without standalone mode
             sys.exit(rc)
     except UserError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(UserError.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

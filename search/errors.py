@@ -15,17 +15,19 @@ class UserError(Exception):
     exit_code = 2
 
     def __init__(self, message: str, *, file: str | Path | None = None, field: str | None = None,
-                 fix: str | None = None) -> None:
+                 fix: str | None = None, line: int | None = None) -> None:
         parts = []
         if file is not None:
             parts.append(f"{file}")
         if field is not None:
-            parts.append(f"field '{field}'")
+            parts.append(f"field '{field}'" + (f" (line {line})" if line else ""))
         prefix = ": ".join(parts)
         text = f"{prefix}: {message}" if prefix else message
         if fix:
             text = f"{text}. Fix: {fix}"
         super().__init__(text)
+        self.message = message
         self.file = file
         self.field = field
         self.fix = fix
+        self.line = line

@@ -79,14 +79,15 @@ def one_thread() -> Iterator[None]:
 
 
 def selected_run(root: Path, family: tuple[Path, list[Path]], key: str = "pareto", **changes: Any) -> Path:
-    """``finished_run`` followed by ``select_run`` (once per key and session)."""
+    """``finished_run`` followed by ``select_run`` and the report (once per key and session)."""
     marker = f"{key}:selected"
     if marker in _BUILT:
         return _BUILT[marker]
+    from search.report.render import render_report
     from search.selection.select import select_run
 
     run = finished_run(root, family, key, **changes)
     with one_thread():
-        select_run(run, progress=False)
+        render_report(run, selection=select_run(run, progress=False))
     _BUILT[marker] = run
     return run

@@ -119,3 +119,55 @@ def test_rslora_scale(parents: Parents, lora_world: tuple[Path, list[Path]]) -> 
         assert pat.modules["model.layers.0.mlp.up_proj.weight"][0].rank == 2
         assert pat.modules["model.layers.0.self_attn.o_proj.weight"][0].scale == pytest.approx(3 / 4)
         assert pat.modules["model.layers.0.self_attn.k_proj.weight"][0].scale == pytest.approx(16 / 4)
+
+
+def test_adapter_export_refuses_what_is_not_low_rank(parents: Parents, tmp_path: Path) -> None:
+    from search.errors import UserError
+    from search.export.adapter import adapter_plan
+
+    ties = MergeSpec(method="ties", model_parameters=({"weight": 1.0}, {"weight": 1.0}, {"weight": 1.0}))
+    with pytest.raises(UserError, match="not linear"):
+        adapter_plan(parents, [(ties, 1.0)])
+    scaled = MergeSpec(method="linear", parameters={"normalize": False},
+                       model_parameters=({"weight": 0.5}, {"weight": 0.2}, {"weight": 0.1}))
+    with pytest.raises(UserError, match="scales the base"):
+        adapter_plan(parents, [(scaled, 1.0)])
+    ta = MergeSpec(method="task_arithmetic", model_parameters=({"weight": 1.0}, {"weight": 0.5}, {"weight": 0.0}))
+    plan = adapter_plan(parents, [(ta, 0.5), (ta, 0.5)])            # a soup of linear merges is linear
+    assert plan.ranks["model.layers.0.self_attn.q_proj"] == 4 + 8 and "lm_head" not in plan.modules_to_save
+    base, fts = make_family(tmp_path / "fam", 2)
+    full = Parents.load(base, fts, dtype=torch.float32, device="cpu")
+    with pytest.raises(UserError, match="full checkpoints"):
+        adapter_plan(full, [(MergeSpec(method="task_arithmetic", model_parameters=({"weight": 1.0},
+                                                                                    {"weight": 1.0})), 1.0)])
+
+
+def test_task_vector_bytes_from_headers(parents: Parents, lora_world: tuple[Path, list[Path]]) -> None:
+    from search.weights.sizes import task_vector_bytes
+
+    base, adapters = lora_world
+    planned = sum(task_vector_bytes(a, itemsize=4) for a in adapters)
+    assert planned == sum(d.nbytes for d in parents.deltas.values())       # what loading holds, to the byte
+    assert task_vector_bytes(base, itemsize=4) == parents.model_nbytes()   # a full checkpoint: the whole model
+    assert task_vector_bytes(adapters[0], itemsize=2) * 2 == task_vector_bytes(adapters[0], itemsize=4)
+
+
+def test_half_precision_adapters_merge_in_float32(lora_world: tuple[Path, list[Path]], parents: Parents) -> None:
+    base, adapters = lora_world
+    half = Parents.load(base, adapters, dtype=torch.bfloat16, device="cpu")
+    spec = MergeSpec(method="task_arithmetic", model_parameters=({"weight": 0.5}, {"weight": -0.4}, {"weight": 0.7}))
+    for name in half.names:
+        fast = half.merge_tensor(spec, name)
+        assert fast.dtype == torch.bfloat16
+        exact = parents.merge_tensor(spec, name)                    # the float32 parents
+        # one bf16 rounding of inputs and output: within a few bf16 ulps of the float32 merge
+        torch.testing.assert_close(fast.float(), exact, atol=2e-2 * exact.abs().max().item(), rtol=2 ** -6)
+
+
+def test_factor_bytes_from_the_adapter_header(parents: Parents, lora_world: tuple[Path, list[Path]]) -> None:
+    from search.weights.adapters import LoraAdapter
+
+    with LoraAdapter.open(lora_world[1][1]) as rslora:                # every projection, r = 8, no saved tensors
+        held = sum(sum(u.numel() + d.numel() for i, (u, d) in tv.factors.items() if i == 1) * 4
+                   for tv in parents.deltas.values())
+        assert rslora.factor_nbytes(4) == held

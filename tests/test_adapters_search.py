@@ -53,6 +53,7 @@ def trials_of(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir)).get_trials(deepcopy=False)
 
 
+@pytest.mark.slow
 def test_search_over_adapters_in_process_then_export(lora_world: tuple[Path, list[Path]], tmp_path: Path,
                                                      single_thread: None) -> None:
     space = write_space(tmp_path, lora_world)
@@ -83,6 +84,34 @@ def test_search_over_adapters_in_process_then_export(lora_world: tuple[Path, lis
         torch.testing.assert_close(tensor, expected, atol=1e-6, rtol=0, msg=name)
     recipe = yaml.safe_load(next((tmp_path / "out").glob("*.mergekit.yaml")).read_text())
     assert all("+" in m["model"] for m in recipe["models"]), "mergekit needs BASE+ADAPTER for an adapter"
+
+    # the same merge as one PEFT adapter: ranks concatenated, same logits as the full folder
+    main(["export", str(tmp_path / "run"), "--pick", str(trial.number), "--out", str(tmp_path / "lora"),
+          "--as", "adapter"])
+    adapter = tmp_path / "lora" / folder.name
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["rank_pattern"]["model.layers.0.self_attn.q_proj"] == 4 + 8
+    assert config["rank_pattern"]["model.layers.0.mlp.up_proj"] == 8 + 2
+    assert "lm_head" in config["modules_to_save"]
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    full = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(lora_world[0])),
+                                           str(adapter)).eval()
+    ids = torch.randint(0, full.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(ids).logits, full(ids).logits, atol=1e-5, rtol=1e-5)
+    unloaded = peft_model.merge_and_unload().state_dict()
+    assert max((unloaded[n] - exported[n]).abs().max().item() for n in exported) <= 1e-5
+
+    ties = next((t for t in sampled if t.user_attrs["method"] == "ties"), None)
+    if ties is not None:
+        code = subprocess.run([sys.executable, "-m", "search.cli", "export", str(tmp_path / "run"), "--pick",
+                               str(ties.number), "--out", str(tmp_path / "ties"), "--as", "adapter"],
+                              capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert code.returncode == 2 and "not linear" in code.stderr, code.stderr[-2000:]
+        assert not (tmp_path / "ties").exists()
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from pathlib import Path
 
 import optuna
@@ -56,8 +57,12 @@ def test_a_space_of_checkpoints_without_a_base_searches_and_merges_exactly(
     _, checkpoints = family
     loaded = load_space(write_space(tmp_path, checkpoints))
     assert loaded.space.base_model is None and loaded.base_model == checkpoints[0]  # a reference only
-    summary = run_study(loaded, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = run_study(loaded, progress=False)
     assert summary.finished == 6
+    # the first checkpoint is the reference and a model: identical by construction, not a mistake to warn about
+    assert not [w for w in caught if "identical to the base" in str(w.message)]
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(tmp_path / "run"))
     # only baselines that need no base: the soup and each checkpoint alone
     assert {b.name for b in recorded_baselines(study)} == {"uniform_soup", "only_step1000", "only_step2000",
@@ -106,3 +111,53 @@ def test_an_omitted_lawa_window_is_searched_up_to_the_number_of_checkpoints(
 def test_baselines_without_a_base() -> None:
     names = [b.name for b in hand_set_baselines(("a", "b"), seed=0, has_base=False)]
     assert names == ["uniform_soup", "only_a", "only_b"]
+
+
+@pytest.fixture(scope="module")
+def lora_parents(tmp_path_factory: pytest.TempPathFactory):
+    from lora_world import make_lora_world
+
+    from search.weights.parents import Parents
+
+    base, adapters = make_lora_world(tmp_path_factory.mktemp("lora_ckpt"))
+    return Parents.load(base, adapters, dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize(("method", "parameters"), [
+    ("checkpoint_average", {}), ("checkpoint_ema", {"decay": [0.2, 0.8]}), ("lawa", {"k": 2}),
+])
+def test_lora_checkpoints_average_as_factors_and_agree_with_dense(
+    lora_parents, method: str, parameters: dict
+) -> None:
+    """Adapter checkpoints of one run (LoRA): the averages are linear in the deltas, so they combine the low-rank
+    factors directly; the result is the dense merge's."""
+    from search.merging.spec import MergeSpec
+
+    parents = lora_parents
+    spec = MergeSpec(method=method, parameters=parameters,
+                     model_parameters=tuple({} for _ in range(parents.num_models)))
+    assert spec.merge_method.linear_coefficients is not None
+    factored = 0
+    for name in parents.names:
+        params = spec.tensor_params(name, parents.layout)
+        dense = spec.merge_method.merge(parents.base[name], parents.stacked_deltas(name), params)
+        torch.testing.assert_close(parents.merge_tensor(spec, name), dense, atol=2e-6, rtol=1e-6)
+        factored += parents.deltas[name].dense is None
+    assert factored > 0, "some tensors are held as factors only"
+
+
+def test_a_copy_of_the_base_still_warns_but_the_base_itself_listed_does_not(
+    family: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    import shutil
+
+    from search.weights.parents import Parents
+
+    base, _ = family
+    copy = tmp_path / "copy"
+    shutil.copytree(base, copy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Parents.load(base, [copy, base], labels=["models.copy", "models.itself"], dtype=torch.float32, device="cpu")
+    said = [str(w.message) for w in caught if "identical to the base" in str(w.message)]
+    assert len(said) == 1 and "models.copy" in said[0]

@@ -58,6 +58,26 @@ def test_bf16_merge_is_the_float32_merge_rounded_to_bf16(name: str) -> None:
     torch.testing.assert_close(out, reference.to(torch.bfloat16), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ["linear", "task_arithmetic"])
+def test_elementwise_methods_merge_long_tensors_in_float32_slices(name: str) -> None:
+    """Slices of a long tensor (several chunks and a ragged end) give the whole-tensor float32 result exactly."""
+    from search.methods.base import CHUNK_CPU
+
+    method = METHODS[name]
+    assert method.elementwise
+    g = torch.Generator().manual_seed(4)
+    n = 3 * CHUNK_CPU + 17
+    base, deltas = torch.randn(n, generator=g).bfloat16(), (0.01 * torch.randn(3, n, generator=g)).bfloat16()
+    params = _params(method, 3)
+    reference = method.merge(base.float(), deltas.float(), params).to(torch.bfloat16)
+    out = torch.empty(n, dtype=torch.bfloat16)
+    method.merge(base, deltas, params, out=out)
+    assert torch.equal(out, reference) and torch.equal(method.merge(base, deltas, params), reference)
+    strided = torch.empty((n, 2), dtype=torch.bfloat16)[:, 0]  # a non-contiguous destination
+    method.merge(base, deltas, params, out=strided)
+    assert torch.equal(strided, reference)
+
+
 @pytest.mark.parametrize("name", ["linear", "task_arithmetic", "slerp", "model_stock"])
 def test_bf16_storage_stays_within_bf16_rounding_of_the_full_float32_merge(name: str) -> None:
     """From unrounded float32 parents: the bf16 result is within a few bf16 steps of the float32 result."""
@@ -127,3 +147,41 @@ def test_seeded_methods_give_the_same_weights_on_cuda_and_cpu(name: str) -> None
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-5, atol=1e-6)
     dare = random_mask(deltas[0].cuda(), 0.3, make_generator(5))
     assert dare is not None and torch.equal(dare.cpu(), random_mask(deltas[0], 0.3, make_generator(5)))
+
+
+SCORE = '''
+import torch
+
+def score(model, tokenizer, docs):
+    assert model.lm_head.weight.dtype == torch.bfloat16, model.lm_head.weight.dtype
+    with torch.no_grad():
+        return {"score": float(model.lm_head.weight.float().abs().mean())}
+'''
+
+
+@pytest.mark.slow
+def test_a_bf16_family_is_searched_in_bf16_by_default(tmp_path, capsys) -> None:
+    """dtype auto on a bf16 checkpoint: the plan says bfloat16, the working model is bf16, trials complete."""
+    import yaml
+    from tiny import make_family
+    from transformers import AutoModelForCausalLM
+
+    from search.cli import main
+
+    base, models = make_family(tmp_path / "fam", 2, layers=2)
+    for folder in (base, *models):
+        AutoModelForCausalLM.from_pretrained(str(folder)).to(torch.bfloat16).save_pretrained(str(folder))
+    assert config_dtype_name(base) == "bfloat16"
+    (tmp_path / "score.py").write_text(SCORE)
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"i": i}) + "\n" for i in range(4)))
+    space = {"base_model": str(base), "models": {"a": str(models[0]), "b": str(models[1])},
+             "methods": {"dare_ties": {"weight": [0.2, 1.0], "density": [0.3, 0.9]}},
+             "objectives": [{"name": "s", "evaluator": {"type": "python", "function": "score.py:score",
+                                                        "data": "docs.jsonl"}, "metric": "score"}],
+             "pruner": {"name": "none", "slices": [1.0]}, "baselines": False, "budget": {"trials": 2},
+             "device": "cpu", "output": "run"}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    main(["start", str(tmp_path / "space.yaml"), "--quiet", "--no-select"])
+    captured = capsys.readouterr()
+    assert "memory plan per worker: bfloat16 storage, placement resident" in captured.err
+    assert "2 trials (2 complete" in captured.out

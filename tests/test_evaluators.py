@@ -126,7 +126,7 @@ def _swap(model, weights: dict[str, torch.Tensor]) -> None:
 def test_swapped_weights_rescore_through_the_same_wrapper(world):
     model, tok = world["model"], world["tokenizer"]
     ev = build_evaluator({"type": "lm_eval", "task": ["t_gen", "t_ll"], "include_path": str(world["tasks"]),
-                          "split_map": {"search": "test", "heldout": "test"}, "batch_size": 4})
+                          "split_map": {"search": "test", "select": "test", "test": None}, "batch_size": 4})
     _swap(model, world["a"])
     first_a = ev.score(model, tok, "search")
     wrapper = ev._lm
@@ -147,9 +147,9 @@ def test_growing_limits_score_nested_prefixes(world):
     model, tok = world["model"], world["tokenizer"]
     _swap(model, world["a"])
     ev = build_evaluator({"type": "lm_eval", "task": "t_gen", "include_path": str(world["tasks"]),
-                          "heldout_fraction": 0.25})
+                          "fractions": {"search": 0.75, "select": 0.125, "test": 0.125}})
     n = ev.num_docs("search")
-    assert n + ev.num_docs("heldout") == len(world["gen_docs"])
+    assert n + ev.num_docs("select") + ev.num_docs("test") == len(world["gen_docs"])
     previous: list[Any] = []
     for k in (2, 5, 9, n):
         docs = [d for _, d in ev.documents("search", k)]
@@ -162,18 +162,48 @@ def test_growing_limits_score_nested_prefixes(world):
     assert ev.score(model, tok, "search", limit=10_000) == ev.score(model, tok, "search")
 
 
-def test_task_splits_map_to_search_and_heldout(world):
+def test_task_splits_map_to_search_select_and_test(world):
+    """Default: the validation split is divided between search and select by content hash, test is test."""
     ev = build_evaluator({"type": "lm_eval", "task": "t_ll", "include_path": str(world["tasks"])})
-    assert sorted(d["question"] for _, d in ev.documents("search")) == sorted(d["question"] for d in world["val"])
-    assert sorted(d["question"] for _, d in ev.documents("heldout")) == sorted(d["question"] for d in world["test"])
+    searched = [d["question"] for _, d in ev.documents("search")]
+    selected = [d["question"] for _, d in ev.documents("select")]
+    assert searched and selected and not set(searched) & set(selected)
+    assert sorted(searched + selected) == sorted(d["question"] for d in world["val"])
+    assert sorted(d["question"] for _, d in ev.documents("test")) == sorted(d["question"] for d in world["test"])
     swapped = build_evaluator({"type": "lm_eval", "task": "t_ll", "include_path": str(world["tasks"]),
-                               "split_map": {"search": "test", "heldout": "validation"}})
+                               "split_map": {"search": "test", "select": "validation", "test": None}})
     assert [d for _, d in swapped.documents("search")] != [] and all(
         "*" in d["question"] for _, d in swapped.documents("search"))
-    score = swapped.score(world["model"], world["tokenizer"], "heldout", limit=3)
+    assert swapped.num_docs("test") == 0  # test: null -> no test role
+    score = swapped.score(world["model"], world["tokenizer"], "select", limit=3)
     assert set(score) == {"perplexity", "acc", "t_ll/perplexity", "t_ll/acc"}
     only = build_evaluator({"type": "lm_eval", "task": "t_ll", "include_path": str(world["tasks"]), "metric": "acc"})
     assert set(only.score(world["model"], world["tokenizer"], "search", limit=2)) == {"acc", "t_ll/acc"}
+
+
+def test_roles_that_share_documents_are_refused(world, tmp_path):
+    """Two roles on two splits that hold the same documents would report a figure that chose the winner."""
+    tasks = tmp_path / "dup"
+    tasks.mkdir()
+    (tasks / "t_dup.yaml").write_text(
+        (world["tasks"] / "t_ll.yaml").read_text().replace("task: t_ll", "task: t_dup")
+        .replace(str(world["tasks"] / "test.jsonl"), str(world["tasks"] / "val.jsonl")))
+    msg = _error({"type": "lm_eval", "task": "t_dup", "include_path": str(tasks)})
+    # validation (search + select) and test hold the same 12 documents: search is the first pair to overlap
+    assert "evaluator.split_map" in msg and "'search' and 'test' roles share" in msg
+
+
+def test_per_document_scores_average_to_the_metric(world):
+    """lm-eval's per-sample log gives every document's value, in the fixed order; their mean is the metric."""
+    model, tok = world["model"], world["tokenizer"]
+    _swap(model, world["a"])
+    ev = build_evaluator({"type": "lm_eval", "task": "t_gen", "include_path": str(world["tasks"])})
+    metrics, per_doc = ev.score_documents(model, tok, "test")
+    docs = [d for _, d in ev.documents("test")]
+    assert per_doc["exact_match"] == [float(d["right"]) for d in docs]
+    assert metrics == ev.score(model, tok, "test")
+    assert metrics["exact_match"] == pytest.approx(sum(per_doc["exact_match"]) / len(docs))
+    assert "t_gen/exact_match" not in per_doc
 
 
 def test_fewshot_prompts_do_not_depend_on_earlier_calls(world):
@@ -238,7 +268,7 @@ def test_windows_score_every_token_once_with_bounded_context():
 def test_text_files_split_into_paragraphs(world, tmp_path):
     (tmp_path / "notes.txt").write_text("\n\n".join(f"paragraph {i}\nline two" for i in range(10)))
     ev = build_evaluator({"type": "perplexity", "data": "notes.txt"}, config_file=tmp_path / "space.yaml")
-    assert ev.num_docs("search") + ev.num_docs("heldout") == 10
+    assert ev.num_docs("search") + ev.num_docs("select") + ev.num_docs("test") == 10
     assert all(d.endswith("line two") for d in ev.documents("search"))
 
 
@@ -258,7 +288,7 @@ def test_perplexity_agrees_with_lm_eval_rolling_loglikelihood(world, tmp_path):
     ours = build_evaluator({"type": "perplexity", "data": str(tmp_path / "text.jsonl"), "max_length": 128})
     # Each evaluator partitions what it reads (a row here, its text there), so compare over both splits.
     nats = bits = 0.0
-    for split in ("search", "heldout"):
+    for split in ("search", "select", "test"):
         n_ours = sum(len(d.encode()) for d in ours.documents(split))
         n_theirs = sum(len(d["text"].encode()) for _, d in theirs.documents(split))
         nats += ours.score(model, tok, split)["neg_log_likelihood"] * n_ours
@@ -283,14 +313,14 @@ def test_python_function_from_a_file_and_from_a_module(world, tmp_path, monkeypa
     ev = build_evaluator({"type": "python", "function": "my_metrics.py:count", "data": "docs.jsonl"},
                          config_file=tmp_path / "space.yaml")
     assert ev.name == "count"
-    got = ev.score(model, tok, "heldout", limit=3)
-    docs = ev.documents("heldout", 3)
+    got = ev.score(model, tok, "select", limit=3)
+    docs = ev.documents("select", 3)
     assert got["docs"] == 3 and got["chars"] == sum(len(d["text"]) for d in docs)
     assert got["grad"] == 0.0 and isinstance(got["mean_logit"], float)
     monkeypatch.syspath_prepend(str(tmp_path))
     by_module = build_evaluator({"type": "python", "function": "my_metrics:count",
                                  "data": str(tmp_path / "docs.jsonl")})
-    assert by_module.score(model, tok, "heldout", limit=3) == got
+    assert by_module.score(model, tok, "heldout", limit=3) == got  # "heldout": the old name of select
 
 
 # ---------------------------------------------------------------------------------------------- bad configs
@@ -313,7 +343,7 @@ def test_bad_configs_name_the_field_and_the_fix(world, tmp_path):
     assert "evaluator.include_path" in _error({"type": "lm_eval", "task": "t_gen", "include_path": "nowhere"},
                                               config_file=tmp_path / "s.yaml")
     msg = _error({"type": "lm_eval", "task": "t_ll", "include_path": tasks,
-                  "split_map": {"search": "train", "heldout": "test"}})
+                  "split_map": {"search": "train", "select": "validation", "test": "test"}})
     assert "split_map.search" in msg and "validation" in msg
     msg = _error({"type": "lm_eval", "task": "t_ll", "include_path": tasks, "metric": "bleu"})
     assert "evaluator.metric" in msg and "acc" in msg
@@ -366,3 +396,26 @@ def test_importing_evaluators_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_run_folder_from_before_the_three_roles_reads_as_two_roles(world, tmp_path):
+    """An old run searched the validation split and held out the test split: select is that held-out split,
+    there is no test role, and a one-split data set keeps its old two-way partition."""
+    from search.config.legacy import migrate_space
+
+    old = {"objectives": [
+        {"name": "ll", "metric": "acc", "search_split": "search", "heldout_split": "heldout",
+         "evaluator": {"type": "lm_eval", "task": "t_ll", "include_path": str(world["tasks"])}},
+        {"name": "ppl", "metric": "perplexity", "search_split": "search", "heldout_split": "heldout",
+         "evaluator": {"type": "perplexity", "data": str(_write_jsonl(tmp_path / "t.jsonl", [
+             {"text": f"line {i}"} for i in range(40)])), "heldout_fraction": 0.3}}]}
+    specs = [o["evaluator"] for o in migrate_space(old)["objectives"]]
+    ll = build_evaluator(specs[0])
+    assert sorted(d["question"] for _, d in ll.documents("search")) == sorted(d["question"] for d in world["val"])
+    assert sorted(d["question"] for _, d in ll.documents("select")) == sorted(d["question"] for d in world["test"])
+    assert ll.num_docs("test") == 0
+    ppl = build_evaluator(specs[1])
+    assert ppl.num_docs("test") == 0 and ppl.num_docs("search") + ppl.num_docs("select") == 40
+    from evaluators.splits import _SPLIT_SALT, fingerprint, unit_hash
+
+    assert all(unit_hash(_SPLIT_SALT + fingerprint(d)) < 0.3 for d in ppl.documents("select"))

@@ -14,8 +14,15 @@ from evaluators import build_evaluator, slice_size
 from evaluators.splits import assign_split, fingerprint, first, fixed_order, hash_partition
 
 
+ROLES = ("search", "select", "test")
+
+
+def _three(fraction: float) -> dict[str, float]:
+    return {"search": 1.0 - fraction, "select": fraction / 2, "test": fraction / 2}
+
+
 def _positions(docs: list[str], fraction: float) -> dict[str, list[str]]:
-    parts = hash_partition([fingerprint(d) for d in docs], fraction)
+    parts = hash_partition([fingerprint(d) for d in docs], _three(fraction))
     return {split: [docs[i] for i in idx] for split, idx in parts.items()}
 
 
@@ -23,31 +30,43 @@ def _positions(docs: list[str], fraction: float) -> dict[str, list[str]]:
 @given(st.lists(st.text(max_size=12), min_size=1, max_size=40), st.lists(st.text(max_size=12), max_size=20),
        st.floats(0.05, 0.95), st.randoms(use_true_random=False))
 def test_partition_is_disjoint_and_stable_under_reorder_and_growth(docs, extra, fraction, rnd):
-    idx = hash_partition([fingerprint(d) for d in docs], fraction)
-    assert sorted(idx["search"] + idx["heldout"]) == list(range(len(docs)))  # disjoint, covers all
+    idx = hash_partition([fingerprint(d) for d in docs], _three(fraction))
+    assert sorted(idx["search"] + idx["select"] + idx["test"]) == list(range(len(docs)))  # disjoint, covers all
     before = _positions(docs, fraction)
     grown = docs + [e for e in extra if e not in set(docs)]
     rnd.shuffle(grown)
     after = _positions(grown, fraction)
-    for split in ("search", "heldout"):
+    for split in ROLES:
         # every old document keeps its split, and the old ones keep their relative order
         assert [d for d in after[split] if d in set(docs)] == before[split]
 
 
 def test_identical_documents_share_a_split():
     docs = ["same text"] * 5 + [f"other {i}" for i in range(50)]
-    parts = hash_partition([fingerprint(d) for d in docs], 0.5)
+    parts = hash_partition([fingerprint(d) for d in docs], _three(0.5))
     homes = {split for split, idx in parts.items() for i in idx if docs[i] == "same text"}
     assert len(homes) == 1
 
 
 def test_fraction_is_respected_and_order_is_not_file_order():
     docs = [{"id": i, "q": f"question {i}"} for i in range(4000)]
-    parts = hash_partition([fingerprint(d) for d in docs], 0.2)
-    assert abs(len(parts["heldout"]) / 4000 - 0.2) < 0.03
+    parts = hash_partition([fingerprint(d) for d in docs], {"search": 0.6, "select": 0.3, "test": 0.1})
+    for role, share in (("search", 0.6), ("select", 0.3), ("test", 0.1)):
+        assert abs(len(parts[role]) / 4000 - share) < 0.03
     assert parts["search"][:50] != sorted(parts["search"][:50])
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
-    assert assign_split(fingerprint("x"), 0.5) == assign_split(fingerprint("x"), 0.5)
+    assert assign_split(fingerprint("x"), _three(0.5)) == assign_split(fingerprint("x"), _three(0.5))
+
+
+def test_two_way_partition_is_the_one_made_before_the_three_roles():
+    """Run folders from before the three roles read select as their old held-out split: u < f, as then."""
+    from evaluators.splits import _SPLIT_SALT, unit_hash
+
+    for i in range(300):
+        fp = fingerprint(f"doc {i}")
+        old = "heldout" if unit_hash(_SPLIT_SALT + fp) < 0.3 else "search"
+        new = assign_split(fp, {"search": 0.7, "select": 0.3})
+        assert (old, new) in (("heldout", "select"), ("search", "search"))
 
 
 def test_slices_nest():
@@ -71,10 +90,11 @@ def test_evaluator_splits_survive_a_shuffled_and_grown_file(tmp_path):
     before = build_evaluator({"type": "perplexity", "data": str(tmp_path / "a.jsonl")})
     after = build_evaluator({"type": "perplexity", "data": str(tmp_path / "b.jsonl")})
     old = {r["text"] for r in rows}
-    for split in ("search", "heldout"):
+    for split in ROLES:
         kept = [d for d in after.documents(split) if d in old]
         assert kept == before.documents(split)  # same members, same fixed order
-    assert not set(after.documents("search")) & set(after.documents("heldout"))
+    for a, b in (("search", "select"), ("search", "test"), ("select", "test")):
+        assert not set(after.documents(a)) & set(after.documents(b))
 
 
 def test_lm_eval_task_splits_survive_a_shuffled_file(tmp_path):
@@ -89,19 +109,28 @@ def test_lm_eval_task_splits_survive_a_shuffled_file(tmp_path):
             "doc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n"
         )
     evs = {name: build_evaluator({"type": "lm_eval", "task": "t_shuffled", "include_path": str(tmp_path / name),
-                                  "heldout_fraction": 0.3}) for name in ("before", "after")}
-    for split in ("search", "heldout"):
+                                  "fractions": {"search": 0.5, "select": 0.3, "test": 0.2}})
+           for name in ("before", "after")}
+    for split in ROLES:
         docs = {name: [d for _, d in ev.documents(split)] for name, ev in evs.items()}
         assert docs["before"] == docs["after"]
-    questions = {split: {d["question"] for _, d in evs["before"].documents(split)} for split in ("search", "heldout")}
-    assert not questions["search"] & questions["heldout"]
-    assert len(questions["search"]) + len(questions["heldout"]) == 40
+    questions = {split: {d["question"] for _, d in evs["before"].documents(split)} for split in ROLES}
+    assert all(questions[r] for r in ROLES)  # a task with one split is partitioned three ways
+    assert not questions["search"] & questions["select"] and not questions["select"] & questions["test"]
+    assert len(questions["search"]) + len(questions["select"]) + len(questions["test"]) == 40
 
 
-@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1])
-def test_heldout_fraction_must_be_inside_0_1(bad):
+@pytest.mark.parametrize("bad", [{}, {"search": 0.0}, {"search": -0.1, "select": 1.0}])
+def test_fractions_must_be_shares(bad):
     with pytest.raises(ValueError):
         assign_split(fingerprint("x"), bad)
+
+
+def test_a_role_with_no_share_is_refused_in_the_space():
+    from search.errors import UserError
+
+    with pytest.raises(UserError, match="fractions.select"):
+        build_evaluator({"type": "perplexity", "data": "x.txt", "fractions": {"select": 0}})
 
 
 def test_a_tasks_own_process_docs_still_applies(tmp_path):
@@ -115,7 +144,7 @@ def test_a_tasks_own_process_docs_still_applies(tmp_path):
         "doc_to_text: question\ndoc_to_target: answer\nmetric_list:\n  - metric: acc\n"
     )
     ev = build_evaluator({"type": "lm_eval", "task": "t_processed", "include_path": str(tmp_path)})
-    answers = [int(d["answer"]) for split in ("search", "heldout") for _, d in ev.documents(split)]
+    answers = [int(d["answer"]) for split in ROLES for _, d in ev.documents(split)]
     assert sorted(answers) == list(range(1, 30, 2))
 
 

@@ -67,16 +67,17 @@ def test_export_best_loads_generates_and_scores_as_reported(run: Path, tmp_path:
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     assert out.shape[1] == ids.shape[1] + 6 and tokenizer.decode(out[0, ids.shape[1]:])
-    # the held-out score recomputed from the folder alone is the report's number
+    # the test score recomputed from the folder alone is the report's number
     loaded = loaded_from_run(run)
     win = selection.winner_item
     for i, o in enumerate(loaded.space.objectives):
         evaluator = build_evaluator(o.evaluator, device="cpu", config_file=loaded.file,
                                     field=f"objectives[{i}]")
-        rescored = evaluator.score(model, tokenizer, o.heldout_split)[o.metric]
-        assert rescored == pytest.approx(win.heldout[o.name], rel=1e-9, abs=0)
+        rescored = evaluator.score(model, tokenizer, "test")[o.metric]
+        assert rescored == pytest.approx(win.test[o.name], rel=1e-9, abs=0)
     card = (folder / "README.md").read_text()
-    assert f"{win.heldout['abc']:.4f}" in card and f"{win.search['xyz']:.4f}" in card
+    assert f"{win.test['abc']:.4f}" in card and f"{win.search['xyz']:.4f}" in card
+    assert f"Test score: {win.test_value:.4f}" in card
     assert str(loaded.models["a"]) in card and "winner" in card
 
 
@@ -194,4 +195,4 @@ def test_export_a_trial_the_selection_did_not_keep(run: Path, tmp_path: Path) ->
                   if t.state.name == "COMPLETE" and f"trial:{t.number}" not in kept)
     (folder,) = export_run(run, str(number), out=tmp_path)
     assert folder.name == f"trial-{number}"
-    assert "not scored on held-out" in (folder / "README.md").read_text().replace("\n", " ")
+    assert "not scored on the select or test role" in (folder / "README.md").read_text().replace("\n", " ")

@@ -79,7 +79,7 @@ def test_plan_7b_fp32_resident_is_refused_with_numbers_and_fixes(tmp_path, famil
     captured = capsys.readouterr()
     assert "does NOT fit" in captured.out and "80.0 GiB" in captured.out
     assert "dtype: bfloat16" in captured.err and "placement: stream" in captured.err
-    assert "gpus_per_worker: 3" in captured.err  # 3 x 80 GB hold the fp32 family resident
+    assert "gpus_per_worker: 4" in captured.err  # 4 x 80 GB hold the fp32 family resident
 
 
 def test_start_prints_the_plan_and_refuses_before_loading(tmp_path, family_7b, capsys):
@@ -158,3 +158,22 @@ def test_tiny_real_family_plan_matches_what_parents_hold(tmp_path, family):
     parents = Parents.load(base, models, dtype=torch.float32, device="cpu")
     planned = {p.name.split(" (")[0]: p.nbytes for p in plan.parts}
     assert planned["base"] + planned["task vectors"] == parents.nbytes()
+
+
+def test_lora_adapters_are_planned_at_the_size_of_their_factors(tmp_path, family):
+    """A LoRA parent costs its factors (from its header), not a dense task vector."""
+    from lora_world import make_adapter
+
+    base, models = family
+    adapter = make_adapter(base, tmp_path / "lora", seed=1)
+    shape = ParentsShape.from_folders(base, [models[0], adapter])
+    plan = plan_memory(shape, dtype="float32", placement="auto", device="cpu", gpu_memory=None, cpu_memory=None)
+    parts = {p.name: p for p in plan.parts}
+    assert parts["task vectors (2)"].note == "1 dense, 1 LoRA (factors)"
+    import torch
+
+    from search.weights.parents import Parents
+
+    parents = Parents.load(base, [models[0], adapter], dtype=torch.float32, device="cpu")
+    held = sum(d.nbytes for d in parents.deltas.values())
+    assert parts["task vectors (2)"].nbytes == held < 2 * parents.model_nbytes()

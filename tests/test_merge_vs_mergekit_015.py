@@ -229,3 +229,75 @@ def test_checkpoint_averaging_refusals(
     err = capsys.readouterr().err
     assert f"field '{field}'" in err and text in err and "Fix:" in err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------- a search candidate, rebuilt by mergekit
+PER_LAYER = [0.2, 0.7, 0.4, 0.9]  # one value per decoder layer (the tiny models have 4), as a space's per_layer
+SEARCH_CANDIDATES = {
+    "nuslerp": ({"nuslerp_flatten": False}, [{"weight": PER_LAYER}, {"weight": 0.6}]),
+    "multislerp": ({}, [{"weight": PER_LAYER}, {"weight": [{"kind": "mlp", "value": 0.3}, {"value": 0.8}]}]),
+    "sce": ({"select_topk": PER_LAYER}, [{}, {}]),
+    "ramplus_tl": ({"r": PER_LAYER, "alpha": 0.5, "epsilon": 0.02}, [{}, {}]),
+    "karcher": ({}, [{}, {}]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(SEARCH_CANDIDATES))
+def test_a_search_candidate_is_rebuilt_by_mergekit_from_its_exported_recipe(
+    method: str, parents: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """What the search merges in memory (Parents, with module-kind conditions) is what mergekit builds from the
+    exported YAML: the coefficients searched for these methods mean the same thing in both tools."""
+    from search.export.mergekit_yaml import spec_recipe
+    from search.merging.oneshot import load_layout
+    from search.merging.spec import MergeSpec
+    from search.weights.parents import Parents
+
+    base, fts = parents
+    shared, per_model = SEARCH_CANDIDATES[method]
+    spec = MergeSpec(method=method, parameters=shared, model_parameters=tuple(per_model))
+    spec.check()
+    layout = load_layout(base)
+    ours = Parents.load(base, fts[:2], dtype=torch.float32).merged_state(spec)
+    recipe = spec_recipe(spec, base=str(base), models=[str(f) for f in fts[:2]], layout=layout)
+    assert ("base_model" in recipe) == (method != "karcher")  # karcher of a space averages the fine-tunes only
+    run_mergekit(recipe, tmp_path / "theirs")
+    theirs = load_state(tmp_path / "theirs")
+    worst = max((ours[n] - theirs[n]).abs().max().item() for n in theirs)
+    assert worst <= 1e-5, f"{method}: max abs difference {worst}"
+
+
+CHECKPOINT_CANDIDATES = {
+    "checkpoint_average": {},
+    "checkpoint_ema": {"decay": [{"kind": "attention", "value": PER_LAYER}, {"value": 0.5}]},
+    "lawa": {"k": 2},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(CHECKPOINT_CANDIDATES))
+def test_a_checkpoint_average_exports_as_the_equal_mergekit_linear_recipe(
+    method: str, parents: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """mergekit has no checkpoint methods: the exported YAML is its linear merge with the same weights, and
+    mergekit builds from it the model the (baseless) search merged."""
+    from search.export.mergekit_yaml import spec_notes, spec_recipe
+    from search.merging.oneshot import load_layout
+    from search.merging.spec import MergeSpec
+    from search.weights.parents import Parents
+
+    _, checkpoints = parents
+    spec = MergeSpec(method=method, parameters=CHECKPOINT_CANDIDATES[method],
+                     model_parameters=tuple({} for _ in checkpoints), has_base=False)
+    spec.check()
+    ours = Parents.load(checkpoints[0], checkpoints, dtype=torch.float32).merged_state(spec)
+    recipe = spec_recipe(spec, base=str(checkpoints[0]), models=[str(c) for c in checkpoints],
+                         layout=load_layout(checkpoints[0]))
+    assert recipe["merge_method"] == "linear" and "base_model" not in recipe
+    assert "linear" in " ".join(spec_notes(spec))
+    run_mergekit(recipe, tmp_path / "theirs")
+    theirs = load_state(tmp_path / "theirs")
+    worst = max((ours[n] - theirs[n]).abs().max().item() for n in theirs)
+    assert worst <= 1e-5, f"{method}: max abs difference {worst}"
+    assert max((ours[n] - load_state(checkpoints[-1])[n]).abs().max().item() for n in ours) > 1e-3

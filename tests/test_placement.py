@@ -164,3 +164,71 @@ def test_stream_on_cuda_gives_the_resident_merge():
         out = method.merge(b, d, params)
         torch.testing.assert_close(out.cpu(), method.merge(base[name].to(device), deltas[name].to(device),
                                                            params).cpu(), rtol=0, atol=0)
+
+
+def test_in_process_worker_sets_torch_threads_to_its_share(family, tmp_path: Path):
+    import json
+
+    from search.backends.base import available_cores, thread_share
+    from search.backends.inprocess import InProcessBackend
+    from search.study.trial import ObjectiveConfig, WorkerConfig
+
+    base, models = family
+    (tmp_path / "score.py").write_text("def score(model, tokenizer, docs):\n    return {'s': 1.0}\n")
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"i": i}) + "\n" for i in range(6)))
+    config = WorkerConfig(base_model=str(base), models=tuple(str(m) for m in models), model_names=("a", "b", "c"),
+                          objectives=(ObjectiveConfig("s", {"type": "python", "function": "score.py:score",
+                                                            "data": "docs.jsonl"}, "s"),),
+                          space_file=str(tmp_path / "space.yaml"), device="cpu")
+    before = torch.get_num_threads()
+    torch.set_num_threads(available_cores() + 3)  # oversubscribed, as a default on a shared machine can be
+    try:
+        InProcessBackend(config).start()
+        assert torch.get_num_threads() == thread_share(available_cores()) == available_cores()
+    finally:
+        torch.set_num_threads(before)
+    assert thread_share(available_cores() * 4, 4) == available_cores()
+
+
+def test_parents_follow_their_layer_and_the_model_follows_the_parents(family):
+    """Parents.load over two devices: each tensor's base and task vectors live on the device of its layer, and
+    the working model is built there (meta stands in for a second GPU)."""
+    base, models = family
+    parents = Parents.load(base, models, dtype=torch.float32, device="cpu", devices=["cpu", "meta"])
+    model = parents.build_model()
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for name in parents.names:
+        layer = parents.layout.role(name).layer
+        expected = "cpu" if (layer is not None and layer < 2) or "embed_tokens" in name else "meta"
+        assert parents.base[name].device.type == expected, name
+        assert parents.deltas[name].device.type == expected, name
+        assert params[name].device.type == expected, name
+    cpu_names = [n for n in parents.names if parents.base[n].device.type == "cpu"]
+    spec = MergeSpec(method="task_arithmetic", parameters={"weight": 0.5}, model_parameters=({}, {}, {}))
+    parents.merge_into(model, spec, names=cpu_names)
+    reference = Parents.load(base, models, dtype=torch.float32, device="cpu")
+    for name in cpu_names:
+        assert torch.equal(params[name], reference.merge_tensor(spec, name))
+
+
+def test_stream_placement_on_a_cpu_only_run_is_refused(family):
+    base, models = family
+    with pytest.raises(UserError, match="no GPU"):
+        Parents.load(base, models, dtype=torch.float32, device="cpu", placement="stream")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_streamed_parents_merge_like_resident_ones_on_cuda(family):
+    base, models = family
+    resident = Parents.load(base, models, dtype=torch.bfloat16, device="cuda")
+    streamed = Parents.load(base, models, dtype=torch.bfloat16, device="cuda", placement="stream")
+    assert all(t.device.type == "cpu" and t.is_pinned() for t in streamed.base.values())
+    a, b = resident.build_model(), streamed.build_model()
+    assert all(p.device.type == "cuda" for p in b.parameters())
+    for method in ("task_arithmetic", "ties", "dare_ties"):
+        spec = MergeSpec(method=method, parameters={}, model_parameters=({"weight": 0.5, "density": 0.5},) * 3
+                         if method != "task_arithmetic" else ({"weight": 0.5},) * 3, seed=3)
+        resident.merge_into(a, spec)
+        streamed.merge_into(b, spec)
+        for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(x, y), (method, name)

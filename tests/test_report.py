@@ -75,7 +75,7 @@ def test_report_shows_the_numbers_of_search_trials(run: Path, tmp_path: Path) ->
         cells = md_row(table, item.id, header)
         for o in selection.objectives:
             assert cells[f"{o.name} search"] == f"{row[f'search.{o.name}'].item():.4f}", (item.id, o.name)
-            assert cells[f"{o.name} held-out"] == f"{item.heldout[o.name]:.4f}"
+            assert cells[f"{o.name} select"] == f"{item.select[o.name]:.4f}"
         checked += 1
     assert checked >= 9
 

@@ -235,3 +235,89 @@ def test_pareto_study_with_front_pruning(world: Path) -> None:
         others = [o.user_attrs["partial_0"] for o in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                   if o.number < t.number]
         assert dominated_by_front(t.user_attrs["partial_0"], others, [False, False], margin=0.0)
+
+
+QUICK = "def score(model, tokenizer, docs):\n    return {'score': float(model.lm_head.weight.mean())}\n"
+
+
+@pytest.mark.parametrize("sampler", [{"name": "random"}, {"name": "tpe", "args": {"n_startup_trials": 4}}],
+                         ids=["random", "tpe"])
+def test_resumes_repeat_no_proposal(world: Path, sampler: dict) -> None:
+    """A seeded sampler re-made on every resume would replay its first draws; derived seeds do not."""
+    (world / "quick_eval.py").write_text(QUICK)
+    for total in (3, 6, 9, 12):  # a start and three resumes, each a new driver and a new sampler object
+        space = write_space(world, objectives=[{"name": "s", "evaluator": {
+            "type": "python", "function": "quick_eval.py:score", "data": "docs.jsonl"}, "metric": "score"}],
+            pruner={"name": "none", "slices": [1.0]}, baselines=False, budget={"trials": total}, sampler=sampler,
+            seed=5)
+        run_study(load_space(space), progress=False)
+    trials = [t for t in trials_of(world / "run") if "retry_of" not in t.user_attrs]
+    assert len(trials) == 12
+    proposals = [json.dumps(t.params, sort_keys=True) for t in trials]
+    assert len(set(proposals)) == len(proposals), "a resumed run proposed a candidate it had already tried"
+
+
+def test_derived_seeds_and_constant_liar() -> None:
+    from search.config.space import Space
+    from search.study.samplers import derived_seed, make_sampler
+
+    space = Space.model_validate({"base_model": "b", "models": {"a": "a"}, "methods": {"linear": {}},
+                                  "objectives": [{"name": "x", "evaluator": {}, "metric": "m"}], "seed": 3})
+    assert derived_seed(3, 0) == 3 and len({derived_seed(3, n) for n in range(50)}) == 50
+    assert make_sampler(space, workers=4)._constant_liar  # (Optuna 5's default too; kept explicit for workers)
+    seeded = space.model_copy(update={"sampler": space.sampler.model_copy(update={"args": {"seed": 11}})})
+
+    def first_draw(sampler: optuna.samplers.BaseSampler) -> float:
+        return optuna.create_study(sampler=sampler).ask().suggest_float("x", 0.0, 1.0)
+
+    # a seed given in sampler.args is derived on resume as the space's seed is
+    resumed = first_draw(make_sampler(seeded, trials_so_far=6))
+    assert resumed == first_draw(make_sampler(space.model_copy(update={"seed": 11}), trials_so_far=6))
+    assert resumed != first_draw(make_sampler(seeded))
+
+
+class TwoSlots:
+    """Two slots over one real in-process worker, jobs run in the order they were submitted: enough to have a
+    trial in flight on one slot while another fails."""
+
+    slots = 2
+
+    def __init__(self, config: object) -> None:
+        from search.backends.inprocess import InProcessBackend
+
+        self.inner = InProcessBackend(config)  # type: ignore[arg-type]
+        self.queue: list[tuple[int, object]] = []
+
+    def start(self) -> None:
+        self.inner.start()
+
+    def submit(self, slot: int, job: object) -> None:
+        self.queue.append((slot, job))
+
+    def wait(self) -> object:
+        from search.backends.inprocess import run_job
+
+        slot, job = self.queue.pop(0)
+        return run_job(self.inner.worker, slot, job)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_run_aborted_leaves_no_trial_running(world: Path) -> None:
+    from search.study.loop import RunAborted
+    from search.study.trial import WorkerConfig
+
+    (world / "bad_eval.py").write_text("CALLS = [0]\ndef score(model, tokenizer, docs):\n    CALLS[0] += 1\n"
+                                       "    if CALLS[0] > 1:\n        raise ValueError('always')\n"
+                                       "    return {'score': 1.0}\n")
+    loaded = load_space(write_space(world, objectives=[{"name": "s", "evaluator": {
+        "type": "python", "function": "bad_eval.py:score", "data": "docs.jsonl"}, "metric": "score"}],
+        pruner={"name": "none", "slices": [1.0]}, baselines=False,
+        budget={"trials": 10, "max_consecutive_failures": 2}))
+    with pytest.raises(RunAborted):
+        run_study(loaded, backend=TwoSlots(WorkerConfig.from_space(loaded)), progress=False)
+    trials = trials_of(world / "run")
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    cut = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert cut and all(t.user_attrs["fail_reason"] == "the run stopped itself" for t in cut)

@@ -1,4 +1,4 @@
-"""Selection through real parts: a real study on tiny models, real evaluators, held-out data re-scored."""
+"""Selection through real parts: a real study on tiny models, real evaluators, select re-scoring, a test set."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from search.cli import main
 from search.errors import UserError
 from search.selection.pareto import dominates, neighbour_pairs, pareto_front, thin, top_k
 from search.selection.record import Options, read_selection
+from search.report.render import render_report
 from search.selection.select import select_run
 from search.selection.soups import greedy_soup
 from search.study.baselines import recorded_baselines
@@ -90,7 +91,7 @@ def test_frontier_point_is_never_dominated_on_the_search_split(run: Path) -> Non
     assert len(selection.frontier) == min(len(distinct), selection.options.max_front)
 
 
-def test_selection_items_are_scored_on_both_splits(run: Path) -> None:
+def test_selection_items_are_scored_on_search_and_select(run: Path) -> None:
     selection = read_selection(run)
     kinds = {it.kind for it in selection.items}
     assert {"trial", "baseline", "interpolation", "greedy_soup", "uniform_soup"} <= kinds
@@ -99,23 +100,23 @@ def test_selection_items_are_scored_on_both_splits(run: Path) -> None:
     assert {it.baseline for it in selection.items if it.kind == "baseline"} == _baseline_names(run)
     for it in selection.items:
         assert it.error is None
-        assert set(it.heldout) == set(it.search) == set(names), it.id
+        assert set(it.select) == set(it.search) == set(names), it.id
         assert abs(sum(p.coefficient for p in it.parts) - 1.0) < 1e-12
         if it.kind in ("trial", "baseline"):  # search scores are the study's own
             assert [it.search[n] for n in names] == scores[it.refs[0]]
-    # the held-out split is other data: the scores differ from the search split's
-    assert all(it.heldout != it.search for it in selection.items)
+    # the select role is other data: the scores differ from the search role's
+    assert all(it.select != it.search for it in selection.items)
     # interpolations: every neighbouring pair and the two ends, at every alpha
     pairs = neighbour_pairs(selection.frontier)
     got = {(tuple(it.ends), it.alpha) for it in selection.items if it.kind == "interpolation"}
     assert got == {(p, a) for p in pairs for a in selection.options.alphas}
 
 
-def test_winner_is_the_best_on_heldout_and_soup_beats_its_best_ingredient(run: Path) -> None:
+def test_winner_is_the_best_on_select_and_soup_beats_its_best_ingredient(run: Path) -> None:
     selection = read_selection(run)
     assert selection.value_direction == "minimize"  # two perplexities
-    best = min(selection.items, key=lambda it: it.heldout_value)
-    assert selection.winner_item.heldout_value == best.heldout_value
+    best = min(selection.items, key=lambda it: it.select_value)
+    assert selection.winner_item.select_value == best.select_value
     assert selection.item(selection.best_baseline).kind == "baseline"
     soup = selection.item("greedy-soup")
     # the soup starts from the best candidate on the search split, and never scores worse than it there
@@ -123,6 +124,25 @@ def test_winner_is_the_best_on_heldout_and_soup_beats_its_best_ingredient(run: P
     assert selection.single(soup.refs[0]).search_value == best_single
     assert soup.search_value <= best_single
     assert [s.ref for s in selection.greedy_log if s.accepted] == soup.refs
+
+
+def test_a_set_fixed_on_select_is_scored_on_test_and_nothing_else_is(run: Path) -> None:
+    selection = read_selection(run)
+    sign = 1.0  # minimised perplexities: lower is better
+    assert selection.test_set["winner"] == selection.winner
+    assert selection.test_set["best baseline"] == selection.best_baseline
+    assert selection.test_set["greedy soup"] == "greedy-soup"
+    trials = [it for it in selection.items if it.kind == "trial"]
+    assert selection.test_set["best search trial"] == min(trials, key=lambda it: sign * it.select_value).id
+    tested = set(selection.test_set.values())
+    for it in selection.items:
+        assert bool(it.test) == (it.id in tested), it.id
+        if it.test:  # the test role is other data again
+            assert it.test != it.select and it.test_value == pytest.approx(sum(it.test.values()))
+    # perplexity is no mean over documents: no per-document values, so no interval, and the report says why
+    assert selection.headline is not None and selection.headline.difference is None
+    assert "report no per-document test scores" in selection.headline.sentence
+    assert "Result" in (run / "report.md").read_text()
 
 
 def test_select_works_on_an_interrupted_run(run: Path, tmp_path: Path,
@@ -152,6 +172,7 @@ def test_weighted_mode_keeps_the_top_k(objectives: int, tmp_path: Path,
                            optimize="weighted", sampler={"name": "tpe"}, budget={"trials": 6},
                            baselines=False)
     selection = select_run(run_dir, progress=False, options=Options(top_k=3, alphas=[0.5]))
+    render_report(run_dir, selection=selection)
     names = [o["name"] for o in chosen]
     values = sorted(0.5 * sum(v) for v in _search_scores(run_dir, names).values())
     assert [selection.single(r).search_value for r in selection.frontier] == pytest.approx(values[:3])

@@ -7,6 +7,7 @@ has one slot per actor and runs them concurrently.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -15,10 +16,15 @@ from search.merging.spec import MergeSpec
 
 @dataclass(frozen=True)
 class Job:
-    kind: Literal["merge", "score"]
+    """``merge`` a candidate's spec; ``load`` a mixture of candidates (selection); ``score`` the loaded model on
+    the first ``fraction`` of a role; ``documents``: score a whole role with each document's value (test)."""
+
+    kind: Literal["merge", "load", "score", "documents"]
     spec: MergeSpec | None = None
     split: str = "search"
     fraction: float = 1.0
+    mixture: tuple[tuple[MergeSpec, float], ...] = ()
+    per_document: bool = False  # score: also each document's value (WilcoxonPruner)
 
 
 @dataclass(frozen=True)
@@ -53,3 +59,32 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release the workers (and anything the backend started)."""
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and taskset narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def thread_share(cores: int, workers: int = 1, cpus_per_worker: float | None = None) -> int:
+    """Torch threads for one of ``workers`` workers sharing ``cores``: its CPUs when given, never more than
+    its share. More threads than cores costs 4x on a loaded machine (a LoRA step: 35-40 s with 2 threads on a
+    busy 2-core machine, 8-10 s with 1).
+
+    >>> thread_share(16, 4), thread_share(2, 1), thread_share(16, 2, cpus_per_worker=3), thread_share(2, 4)
+    (4, 2, 3, 1)
+    """
+    share = max(1, cores // max(1, workers))
+    if cpus_per_worker is not None:
+        share = min(share, max(1, int(cpus_per_worker)))
+    return share
+
+
+def set_torch_threads(threads: int) -> None:
+    """Set this process's intra-op torch threads (inter-op threads can only be set before any parallel work)."""
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))

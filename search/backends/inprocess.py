@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from search.backends.base import Job, JobResult
+from search.backends.base import Job, JobResult, available_cores, set_torch_threads, thread_share
 from search.study.trial import Worker, WorkerConfig, describe_failure
 
 
@@ -20,6 +20,8 @@ class InProcessBackend:
 
     def start(self) -> None:
         if self.worker is None:
+            # one worker: every core this process may use (a threads count in the config, e.g. from a test, wins)
+            set_torch_threads(int(self.config.extra.get("torch_threads") or thread_share(available_cores())))
             self.worker = Worker(self.config)
 
     def submit(self, slot: int, job: Job) -> None:
@@ -45,6 +47,15 @@ def run_job(worker: Worker, slot: int, job: Job) -> JobResult:
         if job.kind == "merge":
             assert job.spec is not None
             value = worker.merge(job.spec)
+        elif job.kind == "load":
+            from search.selection.mixture import load_mixture
+
+            load_mixture(worker, list(job.mixture))
+            value = time.perf_counter() - t0
+        elif job.kind == "documents":
+            value = worker.score_documents(job.split)
+        elif job.per_document:
+            value = worker.score_slice_documents(job.split, job.fraction)
         else:
             value = worker.score(job.split, job.fraction)
     except Exception as exc:  # noqa: BLE001 - a failing candidate is data, not a crash

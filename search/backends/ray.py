@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from search.backends.base import Job, JobResult
+from search.backends.base import Job, JobResult, available_cores, thread_share
 from search.config.space import LoadedSpace
 from search.errors import UserError
 from search.study.trial import WorkerConfig
@@ -41,7 +41,7 @@ class _WorkerActor:
 
         from search.study.trial import Worker
 
-        if config.extra.get("torch_threads"):
+        if config.extra.get("torch_threads"):  # this actor's share of the cores (RayBackend.start)
             torch.set_num_threads(int(config.extra["torch_threads"]))
         self.worker = Worker(config)
 
@@ -76,6 +76,8 @@ class RayBackend:
     def start(self) -> None:
         import ray
 
+        if self.actors:  # started already (the search started it; selection goes on with the same actors)
+            return
         if not ray.is_initialized():
             self._connected_here = True
             if self.embedded:
@@ -92,8 +94,13 @@ class RayBackend:
                 gpus = 1
             self.slots = max(1, total_gpus // max(1, int(gpus))) if total_gpus else 1
         device = "cuda" if gpus > 0 else "cpu"
+        # each actor's share of the cores: its cpus_per_worker, and (embedded: all actors on this machine) no more
+        # than cores / actors, so actors never oversubscribe the machine they share
+        cores = available_cores() if self.embedded else int(resources.cpus_per_worker * self.slots)
+        threads = thread_share(cores, self.slots, resources.cpus_per_worker)
         config = WorkerConfig(**{**self.config.__dict__, "device": device,
-                                 "extra": {**self.config.extra, "torch_threads": max(1, int(resources.cpus_per_worker))}})
+                                 "extra": {**self.config.extra, "torch_threads": threads}})
+        # gpus_per_worker: N > 1 asks Ray for N whole GPUs; the actor shards its model over the N it is given
         actor_cls = ray.remote(_WorkerActor).options(num_cpus=resources.cpus_per_worker, num_gpus=gpus,
                                                      max_restarts=3, max_task_retries=0)
         self._actor_cls, self._actor_config = actor_cls, config

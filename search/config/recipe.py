@@ -37,6 +37,7 @@ from search.errors import UserError
 from search.merging.coefficients import Setting
 from search.merging.spec import IgnoredParameterWarning, MergeSpec
 from search.methods import METHODS
+from search.weights.gguf import model_folder
 from search.weights.sources import ParentRef, parse_reference
 
 DTypeName = Literal["float32", "float16", "bfloat16", "float64"]
@@ -177,14 +178,19 @@ def reference_text(value: Any) -> Any:
     return value
 
 
-def resolve_reference(reference: str, recipe_file: Path, *, field: str) -> ParentRef:
-    """A model reference (``MODEL``, an adapter folder, or ``MODEL+ADAPTER``) with each part found on disk."""
+def resolve_reference(reference: str, recipe_file: Path, *, field: str, dtype: str | None = None) -> ParentRef:
+    """A model reference (``MODEL``, an adapter folder, or ``MODEL+ADAPTER``) with each part found on disk; a
+    GGUF model is replaced by its dequantized, cached HF folder (in ``dtype``)."""
     given = Path(reference).expanduser()
     if "+" in reference and not given.exists() and not (recipe_file.parent / given).exists():
         model, _, adapter = reference.partition("+")
-        return ParentRef(model=resolve_model_path(model, recipe_file, field=field),
-                         adapter=resolve_model_path(adapter, recipe_file, field=field))
-    return parse_reference(resolve_model_path(reference, recipe_file, field=field))
+        ref = ParentRef(model=resolve_model_path(model, recipe_file, field=field),
+                        adapter=resolve_model_path(adapter, recipe_file, field=field))
+    else:
+        ref = parse_reference(resolve_model_path(reference, recipe_file, field=field))
+    if ref.model is None:
+        return ref
+    return ParentRef(model=model_folder(ref.model, dtype=dtype, file=recipe_file, field=field), adapter=ref.adapter)
 
 
 def resolve_model_path(reference: str, recipe_file: Path, *, field: str) -> Path:

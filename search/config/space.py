@@ -32,11 +32,12 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from search.config.yaml_io import FieldError, load_model
+from search.config.yaml_io import FieldError, load_model, located
 from search.errors import UserError
+from search.weights.gguf import model_folder
 
 SamplerName = Literal["tpe", "cmaes", "nsgaii", "nsgaiii", "gp", "qmc", "random"]
-PrunerName = Literal["none", "median", "successive_halving", "baseline", "pareto"]
+PrunerName = Literal["none", "median", "successive_halving", "baseline", "pareto", "wilcoxon"]
 Range = tuple[float, float]
 
 
@@ -74,7 +75,9 @@ class Granularity(_Frozen):
 
 
 class Objective(_Frozen):
-    """One thing to optimise: an evaluator's metric on the search split, checked later on the held-out split."""
+    """One thing to optimise: an evaluator's metric on its ``search`` role; the finalists are re-scored on its
+    ``select`` role (the winner is picked there) and a few fixed models once on its ``test`` role (the figures a
+    report states). The evaluator decides which documents each role reads (``split_map``, ``fractions``)."""
 
     name: str = Field(description="Short name (used in reports and trial tables).", pattern=r"^[A-Za-z0-9_\-]+$")
     evaluator: dict[str, Any] = Field(description="An evaluator spec (type lm_eval | perplexity | python), "
@@ -83,11 +86,6 @@ class Objective(_Frozen):
     direction: Literal["maximize", "minimize"] = Field("maximize", description="Higher or lower is better.")
     weight: float = Field(1.0, description="Weight (>= 0) in the scalarised view (weighted sum of objectives); "
                                            "to prefer lower values set direction: minimize, not a negative weight.")
-    search_split: Literal["search", "heldout"] = Field(
-        "search", description="The evaluator split scored while searching (the evaluator's split_map says "
-                              "which of the task's own splits that is).")
-    heldout_split: Literal["search", "heldout"] = Field(
-        "heldout", description="The evaluator split of the final, held-out scores.")
 
     @field_validator("weight")
     @classmethod
@@ -119,10 +117,13 @@ class Pruner(_Frozen):
 
     ``median`` / ``successive_halving`` are Optuna's pruners (single objective, on the scalarised value);
     ``baseline`` stops a candidate whose partial score falls below the best hand-set baseline's by ``margin``;
-    ``pareto`` (multi-objective) stops one whose partial scores are dominated by the current front by ``margin``.
+    ``pareto`` (multi-objective) stops one whose partial scores are dominated by the current front by ``margin``;
+    ``wilcoxon`` (single objective, lm-eval evaluators) is Optuna's WilcoxonPruner: a paired signed-rank test,
+    document by document, against the best trial.
     """
 
-    name: PrunerName | None = Field(None, description="none | median | successive_halving | baseline | pareto; "
+    name: PrunerName | None = Field(None, description="none | median | successive_halving | baseline | pareto | "
+                                    "wilcoxon; "
                                     "default: median for one (weighted) objective, pareto for a Pareto study.")
     slices: list[float] = Field(default_factory=lambda: [0.25, 1.0],
                                 description="Growing fractions of the search split; the last must be 1.0.")
@@ -196,7 +197,7 @@ class Space(_Frozen):
         "auto", description="Where the parents live on a GPU run: resident (on the GPU), stream (pinned CPU "
                             "memory, copied per tensor), auto (resident when it fits). See `search plan`.")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    seed: int = Field(0, description="Seed of the sampler and of stochastic methods.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the sampler and of stochastic methods.")
     output: str = Field("results/run", description="Run folder (relative to this file).")
     backend: Literal["inprocess", "ray"] = Field("inprocess", description="Who runs the trials.")
     ray_address: str | None = Field(None, description="Ray cluster address; none starts an embedded instance.")
@@ -204,6 +205,25 @@ class Space(_Frozen):
     storage: str | None = Field(None, description="Optuna storage URL; default: a journal file in the run folder.")
     trust_remote_code: bool = Field(False, description="Let transformers run code shipped with a model.")
     allow_pickle: bool = Field(False, description="Also read pytorch_model.bin (pickle) parents.")
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str | None) -> str | None:
+        fix = "write journal:PATH/TO/study.journal, or an RDB URL such as sqlite:///study.db (or leave it out)"
+        if value is None:
+            return value
+        if value.startswith("journal:"):
+            path = value.removeprefix("journal:")
+            if not path.strip() or Path(path).is_dir():
+                raise FieldError(f"'{value}' names no journal file", fix=fix)
+            return value
+        from sqlalchemy.engine import make_url
+
+        try:
+            make_url(value).get_dialect()
+        except Exception as exc:  # sqlalchemy's own words say what is wrong with the URL
+            raise FieldError(f"'{value}' is not a storage URL ({exc})", fix=fix) from None
+        return value
 
     @field_validator("models")
     @classmethod
@@ -275,7 +295,7 @@ class Space(_Frozen):
                     raise ValueError(f"methods.{method_name}.{pname}: {problem}")
         if self.mode == "pareto" and self.sampler.name in ("cmaes",):
             raise ValueError("the cmaes sampler optimises one objective: set optimize: weighted, or use tpe/nsgaii")
-        if self.mode == "pareto" and self.pruner_name in ("median", "successive_halving", "baseline"):
+        if self.mode == "pareto" and self.pruner_name in ("median", "successive_halving", "baseline", "wilcoxon"):
             raise ValueError(f"pruner '{self.pruner.name}' needs one objective: use pruner name 'pareto' "
                              "(or 'none') with optimize: pareto")
         if self.mode == "weighted" and self.pruner_name == "pareto":
@@ -299,6 +319,22 @@ class Space(_Frozen):
         if len(self.objectives) == 1 or self.sampler.name in ("cmaes", "gp", "qmc"):
             return "weighted"
         return "pareto"
+
+    def signed_weights(self) -> dict[str, float]:
+        """Objective -> its factor in the weighted view: its weight, negated for a minimised objective when the
+        directions mix (the weighted sum is then maximised).
+
+        >>> Space.model_construct(objectives=[Objective(name="a", evaluator={}, metric="m", weight=2.0)]
+        ...                       ).signed_weights()
+        {'a': 2.0}
+        """
+        dirs = {o.direction for o in self.objectives}
+        return {o.name: (-o.weight if len(dirs) > 1 and o.direction == "minimize" else o.weight)
+                for o in self.objectives}
+
+    def weighted(self, scores: dict[str, float]) -> float:
+        """The weighted view of a score per objective (see :meth:`signed_weights`)."""
+        return sum(w * scores[name] for name, w in self.signed_weights().items())
 
     @property
     def pruner_name(self) -> str:
@@ -351,9 +387,10 @@ def load_space(path: str | Path, *, output: str | Path | None = None) -> LoadedS
         p = Path(value).expanduser()
         p = p if p.is_absolute() else (root / p).resolve()
         if must_exist and not p.exists():
-            raise UserError(f"path '{value}' does not exist (resolved to {p})", file=path, field=field,
-                            fix="give a local Hugging Face model folder, relative to the space file")
-        return p
+            raise located(UserError(f"path '{value}' does not exist (resolved to {p})", file=path, field=field,
+                                    fix="give a local Hugging Face model folder, relative to the space file"))
+        # a GGUF parent is read from its dequantized, cached HF folder (converted once)
+        return model_folder(p, dtype=space.dtype, file=path, field=field) if must_exist else p
 
     models = {name: resolve(p, f"models.{name}") for name, p in space.models.items()}
     out = Path(output) if output is not None else resolve(space.output, "output", must_exist=False)

@@ -73,6 +73,33 @@ def format_loc(loc: Loc) -> str:
     return out
 
 
+def parse_loc(field: str) -> Loc:
+    """``'objectives[1].evaluator.task'`` -> ``('objectives', 1, 'evaluator', 'task')`` (the inverse of format_loc)."""
+    loc: list[Any] = []
+    for part in field.replace("]", "").replace("[", ".").split("."):
+        if part:
+            loc.append(int(part) if part.isdigit() else part)
+    return tuple(loc)
+
+
+def located(error: UserError) -> UserError:
+    """The same error with the line of its field in its YAML file added, where it names both and lacks one."""
+    if error.line is not None or error.file is None or error.field is None:
+        return error
+    path = Path(error.file)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return error
+    try:
+        _, lines = read_yaml(path)
+    except UserError:
+        return error
+    loc = parse_loc(error.field)
+    line = lines.get(loc) or (line_of(lines, loc) if len(loc) > 1 else None)
+    if line is None:
+        return error
+    return UserError(error.message, file=error.file, field=error.field, fix=error.fix, line=line)
+
+
 def line_of(lines: dict[Loc, int], loc: Loc) -> int | None:
     """The line of the deepest prefix of ``loc`` that the YAML has (pydantic adds union-branch names)."""
     clean = tuple(p for p in loc if isinstance(p, int) or not str(p).startswith(("function-", "list[", "dict[")))
@@ -113,7 +140,7 @@ def validation_error(exc: ValidationError, path: Path, lines: dict[Loc, int],
     message = err["msg"].removeprefix("Value error, ")
     text = f"{path}: field '{where}: {message}. Fix: {fix}"
     user = UserError(text)
-    user.file, user.field, user.fix = path, field, fix
+    user.file, user.field, user.fix, user.line, user.message = path, field, fix, line, message
     return user
 
 

@@ -1,7 +1,7 @@
 """``search export RUN_DIR --pick N|best|soup|pareto|ITEM``: selected models as ready Hugging Face folders.
 
 Each pick becomes ``OUT/<item id>/`` (safetensors shards, config, tokenizer, a model card with parents,
-method, coefficients, search and held-out scores, and the mergekit recipe as ``mergekit_config.yml``) and,
+method, coefficients, search, select and test scores, and the mergekit recipe as ``mergekit_config.yml``) and,
 beside it,
 ``OUT/<item id>.mergekit.yaml``, the same recipe for mergekit. The weights are computed exactly as selection
 scored them (:mod:`search.selection.mixture`), from ``selection.json`` and the parents alone: nothing is
@@ -38,9 +38,15 @@ def pick_items(selection: Selection, pick: str, run_dir: Path) -> tuple[list[Ite
         return [selection.winner_item], specs
     if pick == "soup":
         soups = [it for it in selection.items if it.kind == "greedy_soup"]
-        if not soups:
-            raise UserError("this selection has no greedy soup (the study had a single candidate)",
-                            field="--pick", fix=f"pick {PICKS}")
+        if not soups:  # selection makes soups from the best `soup_size` complete candidates, when 2 or more
+            size = selection.options.soup_size
+            if size < 2:
+                why = f"`search select` ran with --soup-size {size}, and a soup needs at least 2 candidates"
+                fix = f"run `search select {run_dir} --soup-size 8`, then export again; or pick {PICKS}"
+            else:
+                why = "the study had fewer than 2 complete candidates (trials and baselines) to make one from"
+                fix = f"let the run finish more trials (`search resume {run_dir}`) and select again; or pick {PICKS}"
+            raise UserError(f"this selection has no greedy soup: {why}", field="--pick", fix=fix)
         return soups, specs
     if pick == "pareto":
         return [it for it in selection.items if it.frontier], specs
@@ -56,7 +62,7 @@ def pick_items(selection: Selection, pick: str, run_dir: Path) -> tuple[list[Ite
 
 
 def _trial_item(run_dir: Path, number: int, specs: dict[str, MergeSpec]) -> Item:
-    """A complete trial the selection did not keep: its search scores, no held-out ones."""
+    """A complete trial the selection did not keep: its search scores, no select or test ones."""
     from optuna.trial import TrialState
 
     from search.selection.select import load_study, weighted_value
@@ -79,8 +85,12 @@ def _trial_item(run_dir: Path, number: int, specs: dict[str, MergeSpec]) -> Item
 
 
 def export_run(run_dir: str | Path, pick: str, *, out: str | Path | None = None, overwrite: bool = False,
-               device: str = "cpu") -> list[Path]:
-    """Write the picked models under ``out`` (default ``RUN_DIR/export``); returns their folders."""
+               device: str = "cpu", as_adapter: bool = False) -> list[Path]:
+    """Write the picked models under ``out`` (default ``RUN_DIR/export``); returns their folders.
+
+    ``as_adapter``: a merge of LoRA adapters that is linear in them is written as one PEFT LoRA adapter
+    (:mod:`search.export.adapter`) instead of a full model folder.
+    """
     from search.merging.oneshot import load_layout
     from search.selection.select import loaded_from_run
     from search.weights.dtypes import storage_dtype_name
@@ -104,6 +114,19 @@ def export_run(run_dir: str | Path, pick: str, *, out: str | Path | None = None,
                            labels=[f"models.{n}" for n in space.models],
                            source=str(run_dir / "resolved.json"))
     written = []
+    if as_adapter:
+        from search.export.adapter import adapter_plan, write_adapter
+
+        plans = [adapter_plan(parents, [(specs[p.ref], p.coefficient) for p in item.parts]) for item in items]
+        for item, plan in zip(items, plans):  # every pick is checked before the first is written
+            card = model_card(selection, item, specs, mixture_recipe(
+                [(specs[p.ref], p.coefficient) for p in item.parts], base=str(loaded.base_model),
+                models=mergekit_models, layout=layout, dtype=space.dtype,
+                stage_names=[p.ref.replace(":", "_") for p in item.parts]), loaded, run_dir)
+            card = card.replace("library_name: transformers", f"library_name: peft\nbase_model: {loaded.base_model}")
+            written.append(write_adapter(plan, out_root / item.id, base=loaded.base_model, card=card,
+                                         overwrite=overwrite))
+        return written
     for item in items:
         mixture = [(specs[p.ref], p.coefficient) for p in item.parts]
         recipe = mixture_recipe(mixture, base=str(loaded.base_model), models=mergekit_models, layout=layout,
@@ -122,21 +145,36 @@ def export_run(run_dir: str | Path, pick: str, *, out: str | Path | None = None,
 
 
 def _score_table(selection: Selection, item: Item) -> str:
-    rows = ["| objective | metric | direction | search | held-out |", "|---|---|---|---|---|"]
+    rows = ["| objective | metric | direction | search | select | test |", "|---|---|---|---|---|---|"]
     for o in selection.objectives:
-        s = item.search.get(o.name)
-        h = item.heldout.get(o.name)
+        s, h, t = item.search.get(o.name), item.select.get(o.name), item.test.get(o.name)
         rows.append(f"| {o.name} | {o.metric} | {o.direction} | {'' if s is None else f'{s:.4f}'} | "
-                    f"{'not scored' if h is None else f'{h:.4f}'} |")
+                    f"{'not scored' if h is None else f'{h:.4f}'} | {'not scored' if t is None else f'{t:.4f}'} |")
     return "\n".join(rows)
+
+
+def _result(selection: Selection, item: Item) -> str:
+    """The card's honest figure: the test score with its interval, and the comparison with the best baseline."""
+    if item.test_value is None:
+        why = selection.no_test or "only the winner, the best baseline, the best trial and the greedy soup are"
+        return (f"This model has no test score ({why}). Its select score chose it among others, so it is "
+                "optimistic; its search score was optimised directly.\n")
+    iv = item.test_interval
+    text = (f"**Test score: {item.test_value:.4f}**"
+            + (f" (95% CI {iv.low:.4f} to {iv.high:.4f})" if iv is not None else "")
+            + ", on documents used neither to search nor to choose.")
+    h = selection.headline
+    if h is not None and h.winner == item.id and h.winner != h.baseline:
+        text += f" Against the best hand-set merge on the same documents, this model is {h.sentence}."
+    return text + "\n"
 
 
 def model_card(selection: Selection, item: Item, specs: dict[str, MergeSpec], recipe: ExportRecipe,
                loaded: Any, run_dir: Path) -> str:
     """README.md: what the model is, where it came from, how it scored, how to rebuild it."""
     space = loaded.space
-    parents = "\n".join([f"- base: `{loaded.base_model}`"] +
-                        [f"- `{n}`: `{loaded.models[n]}`" for n in space.models])
+    base = [f"- base: `{loaded.base_model}`"] if space.base_model is not None else []  # checkpoints: no base
+    parents = "\n".join(base + [f"- `{n}`: `{loaded.models[n]}`" for n in space.models])
     ends = [ref_label(r) for r in item.ends] if item.ends else ["?", "?"]
     why = {
         "trial": "a trial of the search" + (" on the search-split frontier" if item.frontier else ""),
@@ -146,14 +184,14 @@ def model_card(selection: Selection, item: Item, specs: dict[str, MergeSpec], re
         "greedy_soup": "the greedy soup of the best candidates (added while the search score did not drop)",
         "uniform_soup": "the uniform soup of the best candidates",
     }[item.kind]
-    winner = " It is the **winner** of the run (best held-out score)." if item.id == selection.winner else ""
+    winner = (" It is the **winner** of the run (best select score)." if item.id == selection.winner else "")
     ingredients = []
     for p in item.parts:
         spec = specs[p.ref]
         body = yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
         ingredients.append(f"### {ref_label(p.ref)} × {p.coefficient:g}\n\n```yaml\n{body}```")
-    heldout_note = ("" if item.heldout else "\nThis model was not among the selected ones, so it was not "
-                    "scored on held-out data.\n")
+    select_note = ("" if item.select else "\nThis model was not among the selected ones, so it was not "
+                   "scored on the select or test role.\n")
     notes = "\n".join(f"- {n}" for n in recipe.notes) or "- mergekit reproduces these weights."
     command = ("mergekit-multimerge {id}.mergekit.yaml --intermediate-dir stages --out-path {id}-mergekit"
                if recipe.multistage else "mergekit-yaml {id}.mergekit.yaml {id}-mergekit").format(id=item.id)
@@ -164,9 +202,9 @@ def model_card(selection: Selection, item: Item, specs: dict[str, MergeSpec], re
         f"Made by merge-search from the run `{run_dir}`: {why}.{winner}\n\n"
         f"- kind: `{item.kind}`\n- method: `{item.method}`\n- weights: {weights}\n\n"
         f"## Parents\n\n{parents}\n\n"
-        f"## Scores\n\n{_score_table(selection, item)}\n{heldout_note}\n"
-        "Search-split scores are what the search optimised; held-out scores are on documents it never "
-        "saw.\n\n"
+        f"## Scores\n\n{_result(selection, item)}\n{_score_table(selection, item)}\n{select_note}\n"
+        "Search scores are what the search optimised; select scores are on documents the search never saw, "
+        "used to choose the winner; test scores are on documents used for neither, scored once.\n\n"
         f"## Coefficients\n\n" + "\n\n".join(ingredients) + "\n\n"
         f"## Rebuild with mergekit\n\n```sh\n{command}\n```\n\n{notes}\n"
     )

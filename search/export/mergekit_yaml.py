@@ -16,14 +16,17 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from search.errors import UserError
 from search.merging.coefficients import Condition, resolve_setting
 from search.merging.spec import MergeSpec
+from search.methods.checkpoints import CHECKPOINT_METHODS, linear_weight
 from search.methods.registry import MERGEKIT_METHODS  # same equations as mergekit 0.1.5 (tests/test_methods_*)
 from search.weights.layout import MODULE_KINDS, ModelLayout
 
@@ -136,9 +139,41 @@ def check_same(original: Any, translated: Any, layout: ModelLayout) -> None:
 
 # -- one merge ---------------------------------------------------------------------------------------------
 
+def map_setting(setting: Any, fn: Any) -> Any:
+    """``setting`` with ``fn`` applied to every value (gradient points, condition values), structure kept."""
+    if isinstance(setting, Condition):
+        return setting.model_copy(update={"value": map_setting(setting.value, fn)})
+    if isinstance(setting, dict):
+        return {**setting, "value": map_setting(setting["value"], fn)}
+    if isinstance(setting, list):
+        return [map_setting(item, fn) for item in setting]
+    return fn(setting)
+
+
+def checkpoints_as_linear(spec: MergeSpec) -> MergeSpec:
+    """A checkpoint average as the ``linear`` merge with the same weights, per checkpoint and per tensor.
+
+    Exact for the settings a search writes (one value, or one point per layer): the weights are a nonlinear
+    function of ``decay``, so a gradient with fewer points than layers would interpolate differently.
+    """
+    n = len(spec.model_parameters)
+    param = next(iter(spec.parameters), None)
+    weights = []
+    for i in range(n):
+        if param is None:
+            weights.append({"weight": linear_weight(spec.method, n, i, None, None)})
+        else:
+            weights.append({"weight": map_setting(spec.parameters[param],
+                                                  functools.partial(linear_weight, spec.method, n, i, param))})
+    return MergeSpec(method="linear", parameters={"normalize": True}, model_parameters=tuple(weights),
+                     has_base=False)
+
+
 def spec_recipe(spec: MergeSpec, *, base: str, models: Sequence[str], layout: ModelLayout,
                 dtype: str = "float32") -> dict[str, Any]:
     """The mergekit config of one merge spec over our parents (``models`` in the spec's order)."""
+    if spec.method in CHECKPOINT_METHODS:  # mergekit has none: its linear merge with the same weights
+        spec = checkpoints_as_linear(spec)
     method = spec.merge_method
     doc: dict[str, Any] = {"merge_method": spec.method}
     if method.needs_base or (method.optional_base and spec.has_base):  # nuslerp/multislerp: around the base
@@ -164,7 +199,10 @@ def spec_notes(spec: MergeSpec) -> list[str]:
         notes.append(f"`{spec.method}` drops task-vector entries at random; merge-search fixed its masks "
                      f"with seed {spec.seed}, which mergekit has no field for: mergekit reproduces this "
                      "merge in expectation only (`search merge` with `seed:` added reproduces it exactly).")
-    if spec.method not in MERGEKIT_METHODS:
+    if spec.method in CHECKPOINT_METHODS:
+        notes.append(f"mergekit 0.1.5 has no `{spec.method}` method: the recipe is the `linear` merge with the "
+                     "same weights per checkpoint (the same model); `search merge` runs it too.")
+    elif spec.method not in MERGEKIT_METHODS:
         notes.append(f"mergekit 0.1.5 has no `{spec.method}` method: run this recipe with `search merge` "
                      "(same YAML format).")
     return notes
@@ -174,20 +212,14 @@ def spec_notes(spec: MergeSpec) -> list[str]:
 
 def _linear_coefficients(spec: MergeSpec, name: str, layout: ModelLayout) -> list[float] | None:
     """Per-model ``a`` with ``merge(spec) = base + sum_i a_i delta_i`` for this tensor, or None."""
-
-    if spec.base_index is not None or spec.method not in ("task_arithmetic", "linear"):
+    linear = spec.merge_method.linear_coefficients
+    if spec.base_index is not None or linear is None:
         return None
-    params = spec.tensor_params(name, layout)
-    weights = [float(w) for w in params.per_model["weight"].tolist()]
-    total = sum(weights)
-    normalize = bool(params.globals.get("normalize", spec.merge_method.param("normalize").default))
-    if spec.method == "linear":
-        if not normalize or abs(total) < 1e-8:
-            return None  # base * sum(w): not base + sum a_i delta_i
-        return [w / total for w in weights]
-    lam = float(params.globals.get("lambda", 1.0))
-    divisor = total if normalize and abs(total) >= 1e-8 else 1.0
-    return [w * lam / divisor for w in weights]
+    try:
+        beta, coeffs = linear(spec.tensor_params(name, layout), len(spec.model_parameters))
+    except UserError:  # linear, normalize: true, weights summing to 0
+        return None
+    return coeffs if beta == 1.0 else None  # base * beta: not base + sum a_i delta_i
 
 
 def _setting_for(values: dict[str, float], layout: ModelLayout) -> Any:

@@ -55,11 +55,13 @@ def merge_recipe(recipe_path: str | Path, out_dir: str | Path, *, allow_pickle: 
 
 
 def _check(recipe: Recipe, recipe_path: Path, allow_pickle: bool) -> CheckedParents:
-    listed = [(f"models[{i}].model", resolve_reference(m.model, recipe_path, field=f"models[{i}].model"))
-              for i, m in enumerate(recipe.models)]
+    listed = []
     if recipe.base_model is not None:
-        base = resolve_reference(recipe.base_model, recipe_path, field="base_model")
-        listed = [("base_model", base)] + listed
+        listed.append(("base_model", resolve_reference(recipe.base_model, recipe_path, field="base_model",
+                                                       dtype=recipe.dtype)))
+    listed += [(f"models[{i}].model", resolve_reference(m.model, recipe_path, field=f"models[{i}].model",
+                                                        dtype=recipe.dtype))
+               for i, m in enumerate(recipe.models)]
     return check_parents(listed, source=str(recipe_path), allow_pickle=allow_pickle)
 
 

@@ -58,13 +58,25 @@ def checkpoint_weights(name: str, n: int, values: Mapping[str, Any]) -> list[flo
     raise KeyError(name)
 
 
+def _coefficients(params: TensorParams, k: int, *, name: str, specs: tuple[ParamSpec, ...]
+                  ) -> tuple[float, list[float]]:
+    """``(1, a)``: every row is a checkpoint (a reference row is all zeros), base + sum_i a_i d_i = sum_i a_i x_i
+    because the weights sum to 1. Linear in the deltas, so LoRA checkpoints combine as factors."""
+    return 1.0, checkpoint_weights(name, k, {p.name: global_value(params, p) for p in specs})
+
+
 def _merge(
     base: torch.Tensor, deltas: torch.Tensor, params: TensorParams, seed: int | None, out: torch.Tensor | None,
     *, name: str, specs: tuple[ParamSpec, ...],
 ) -> torch.Tensor:
-    # Every row is a checkpoint (a reference row is all zeros): base + sum_i a_i d_i = sum_i a_i x_i.
-    weights = checkpoint_weights(name, deltas.shape[0], {p.name: global_value(params, p) for p in specs})
+    _, weights = _coefficients(params, deltas.shape[0], name=name, specs=specs)
     return add_weighted_deltas(base, deltas, weights, out=out)
+
+
+def linear_weight(name: str, n: int, i: int, param: str | None, value: Any) -> float:
+    """Checkpoint ``i``'s weight in the ``linear`` merge that equals ``name`` at parameter value ``value``
+    (mergekit has no checkpoint methods; its ``linear`` with these weights builds the same model)."""
+    return checkpoint_weights(name, n, {} if param is None else {param: value})[i]
 
 
 def _count_check(n: int, values: Mapping[str, Any]) -> str | None:
@@ -84,11 +96,14 @@ def _method(name: str, specs: tuple[ParamSpec, ...], doc: str) -> MergeMethod:
         min_models=1,
         doc=doc,
         check_count=_count_check if name == "lawa" else None,
+        linear_coefficients=functools.partial(_coefficients, name=name, specs=specs),
     )
 
 
+CHECKPOINT_METHODS = ("checkpoint_average", "checkpoint_ema", "lawa")
 CHECKPOINT_AVERAGE = _method(
-    "checkpoint_average", (), "Uniform average of checkpoints of one run (as in SWA), https://arxiv.org/abs/1803.05407",
+    "checkpoint_average", (),
+    "Uniform average of checkpoints of one run (as in SWA), https://arxiv.org/abs/1803.05407",
 )
 CHECKPOINT_EMA = _method(
     "checkpoint_ema", (DECAY,), "Exponential moving average of checkpoints by step order, "

@@ -96,6 +96,7 @@ LINEAR = MergeMethod(
     params=(WEIGHT, NORMALIZE),
     needs_base=False,
     min_models=1,
+    elementwise=True,
     linear_coefficients=linear_coefficients,
     doc="Weighted average of the models (model soup), https://arxiv.org/abs/2203.05482",
 )

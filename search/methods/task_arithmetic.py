@@ -247,6 +247,7 @@ def _family_member(
         needs_base=True,
         min_models=1,
         stochastic=variant.random,
+        elementwise=sparsification is None and not consensus,
         doc=doc,
         check_values=_della_check if sparsification == "della_magprune" else None,
         linear_coefficients=(functools.partial(_plain_coefficients, variant=variant)

@@ -1,11 +1,11 @@
 """The report's plots (matplotlib, Agg backend): each function returns a Figure, or a sentence saying why not.
 
 - :func:`history`: search score of every trial in order, the best so far, and the best baseline;
-- :func:`front`: the frontier on the search split (and the same models on held-out) with the interpolation
+- :func:`front`: the frontier on the search split (and the same models on select) with the interpolation
   curves, the soups and the baselines marked; with one objective, score against alpha along each curve;
 - :func:`coefficient_heatmap`: the winner's coefficients per layer (rows: parameter, model, module kind);
 - :func:`importances`: Optuna's parameter importances (PED-ANOVA) per objective;
-- :func:`heldout_vs_search`: held-out against search score of every scored model: overfitting shows as the
+- :func:`select_vs_search`: select against search score of every scored model: overfitting shows as the
   distance below the diagonal (above it, for objectives that are minimised).
 """
 
@@ -83,7 +83,7 @@ def _single(selection: Selection) -> dict[str, Item]:
 
 
 def front(selection: Selection, trials: Sequence[Any]) -> Figure | str:
-    """The frontier with interpolation curves, soups and baselines (search and held-out panels)."""
+    """The frontier with interpolation curves, soups and baselines (search and select panels)."""
     objs = selection.objectives
     singles = _single(selection)
     curves = _curves(selection)
@@ -91,9 +91,9 @@ def front(selection: Selection, trials: Sequence[Any]) -> Figure | str:
         return _alpha_curves(selection, singles, curves)
     x, y = objs[0].name, objs[1].name
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), squeeze=False)
-    for ax, split in zip(axes[0], ("search", "heldout")):
+    for ax, split in zip(axes[0], ("search", "select")):
         def point(it: Item, split: str = split) -> tuple[float, float] | None:
-            scores = it.search if split == "search" else it.heldout
+            scores = it.search if split == "search" else it.select
             return (scores[x], scores[y]) if x in scores and y in scores else None
 
         if split == "search":
@@ -129,7 +129,7 @@ def front(selection: Selection, trials: Sequence[Any]) -> Figure | str:
                        label=f"winner ({win.id})")
         ax.set_xlabel(f"{x} ({objs[0].direction})")
         ax.set_ylabel(f"{y} ({objs[1].direction})")
-        ax.set_title("search split" if split == "search" else "held-out split (same models)")
+        ax.set_title("search split" if split == "search" else "select role (same models)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -146,27 +146,27 @@ def _alpha_curves(selection: Selection, singles: dict[str, Item], curves: dict[t
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, ((a, b), items) in enumerate(curves.items()):
         color = colors[i % len(colors)]
-        for split, style in (("search", "-o"), ("heldout", "--s")):
+        for split, style in (("search", "-o"), ("select", "--s")):
             xs, ys = [], []
             chain = [(0.0, singles.get(a)), *[(it.alpha or 0.0, it) for it in items], (1.0, singles.get(b))]
             for alpha, it in chain:
                 if it is None:
                     continue
-                value = (it.search if split == "search" else it.heldout).get(name) if single else \
-                    (it.search_value if split == "search" else it.heldout_value)
+                value = (it.search if split == "search" else it.select).get(name) if single else \
+                    (it.search_value if split == "search" else it.select_value)
                 if value is not None:
                     xs.append(alpha)
                     ys.append(value)
             ax.plot(xs, ys, style, color=color, ms=4, lw=1,
-                    label=f"{ref_label(a)}→{ref_label(b)} {'search' if split == 'search' else 'held-out'}")
+                    label=f"{ref_label(a)}→{ref_label(b)} {'search' if split == 'search' else 'select'}")
     for item_id, kind in ((selection.best_baseline, "baseline"), ("greedy-soup", "greedy_soup")):
         found = next((it for it in selection.items if it.id == item_id), None)
-        value = None if found is None else (found.heldout.get(name) if single else found.heldout_value)
+        value = None if found is None else (found.select.get(name) if single else found.select_value)
         if value is not None:
-            ax.axhline(value, color=COLORS[kind], ls=":", lw=1.2, label=f"{found.label} (held-out)")
+            ax.axhline(value, color=COLORS[kind], ls=":", lw=1.2, label=f"{found.label} (select)")
     ax.set_xlabel("α (0: first end, 1: second end)")
     ax.set_ylabel(f"{name}")
-    ax.set_title("interpolations between frontier points (search: solid, held-out: dashed)", fontsize=10)
+    ax.set_title("interpolations between frontier points (search: solid, select: dashed)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -312,33 +312,33 @@ def importances(study: Any, space: Space, top: int = 15) -> Figure | str:
     return fig
 
 
-def heldout_vs_search(selection: Selection) -> Figure | str:
+def select_vs_search(selection: Selection) -> Figure | str:
     """Held-out against search score of every scored model, per objective, with the diagonal."""
     objs = selection.objectives
-    scored = [it for it in selection.items if it.heldout and it.search]
+    scored = [it for it in selection.items if it.select and it.search]
     if not scored:
         return "no model was scored on both splits"
     fig, axes = plt.subplots(1, len(objs), figsize=(5.2 * len(objs), 4.6), squeeze=False)
     for ax, o in zip(axes[0], objs):
         seen: set[str] = set()
         for it in scored:
-            if o.name not in it.search or o.name not in it.heldout:
+            if o.name not in it.search or o.name not in it.select:
                 continue
             label = it.kind.replace("_", " ") if it.kind not in seen else None
             seen.add(it.kind)
-            ax.scatter([it.search[o.name]], [it.heldout[o.name]], marker=MARKERS[it.kind],
+            ax.scatter([it.search[o.name]], [it.select[o.name]], marker=MARKERS[it.kind],
                        color=COLORS[it.kind], s=60 if it.kind != "interpolation" else 30, label=label,
                        edgecolor="black", linewidth=0.3)
         win = selection.winner_item
-        if o.name in win.search and o.name in win.heldout:
-            ax.scatter([win.search[o.name]], [win.heldout[o.name]], s=240, facecolors="none",
+        if o.name in win.search and o.name in win.select:
+            ax.scatter([win.search[o.name]], [win.select[o.name]], s=240, facecolors="none",
                        edgecolors="red", linewidths=2, label="winner")
         lo, hi = ax.get_xlim()
         lo2, hi2 = ax.get_ylim()
         a, b = min(lo, lo2), max(hi, hi2)
-        ax.plot([a, b], [a, b], color="grey", lw=1, ls=":", label="held-out = search")
+        ax.plot([a, b], [a, b], color="grey", lw=1, ls=":", label="select = search")
         ax.set_xlabel(f"{o.name} on the search split")
-        ax.set_ylabel(f"{o.name} on held-out")
+        ax.set_ylabel(f"{o.name} on select")
         ax.set_title(f"{o.name} ({o.direction})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -1,7 +1,8 @@
 """The morning report of a run: ``RUN_DIR/report.html`` (plots embedded) and ``RUN_DIR/report.md``.
 
-Built from ``selection.json`` and the study storage alone (nothing is scored here): the winner and why, the
-table of selected models and baselines with search and held-out scores side by side, the plots (also written
+Built from ``selection.json`` and the study storage alone (nothing is scored here): the winner's test score
+against the best hand-set baseline's, with intervals (the headline), the test scores of the models fixed before
+test was scored, the table of selected models and baselines ranked on select (what chose the winner), the plots (also written
 as PNG files under ``RUN_DIR/report_files/``), run facts, and how to look further (``search trials``,
 optuna-dashboard).
 
@@ -28,6 +29,7 @@ from search.report.tables import (
     markdown_table,
     pairs_markdown,
     selection_frame,
+    test_frame,
 )
 from search.selection.record import Item, Selection, read_selection, ref_label
 
@@ -39,7 +41,7 @@ PLOTS = (
     ("front", "Frontier, interpolations, soups and baselines"),
     ("heatmap", "Per-layer coefficients of the winner"),
     ("importance", "Parameter importances (Optuna)"),
-    ("heldout_vs_search", "Held-out against search scores"),
+    ("select_vs_search", "Select against search scores"),
 )
 
 
@@ -70,7 +72,7 @@ def render_report(run_dir: str | Path, *, selection: Selection | None = None, st
         "front": lambda: plots.front(selection, trials),
         "heatmap": lambda: plots.coefficient_heatmap(selection, layout, list(space.models)),
         "importance": lambda: plots.importances(study, space),
-        "heldout_vs_search": lambda: plots.heldout_vs_search(selection),
+        "select_vs_search": lambda: plots.select_vs_search(selection),
     }
     images: dict[str, bytes | str] = {}
     for name, make in figures.items():
@@ -107,6 +109,24 @@ def dashboard_command(run_dir: Path, space: Space) -> str:
     return f"optuna-dashboard {target}"
 
 
+def result_sentence(sel: Selection) -> str:
+    """The one sentence a report (and ``search start``) leads with: the winner against the best hand-set merge,
+    on test, with intervals."""
+    win = sel.winner_item
+    if sel.headline is not None:
+        h = sel.headline
+        if h.winner == h.baseline:
+            return f"Result: {h.sentence}."
+        base = sel.item(h.baseline)
+        n = sum(h.documents.values())
+        where = f"on test ({n} documents used neither to search nor to choose)" if n else "on test"
+        return (f"Result {where}: the winner is {h.sentence}. Winner {_with_interval(win)}; "
+                f"{base.label} {_with_interval(base)}.")
+    if sel.no_test:
+        return f"Result: no test figures: {sel.no_test}."
+    return "Result: no hand-set baseline was scored, so there is nothing to compare the winner with."
+
+
 class _Context:
     """Sentences shared by the HTML and the Markdown report."""
 
@@ -116,42 +136,39 @@ class _Context:
         self.space = space
 
     def scores(self, item: Item, split: str) -> str:
-        scores = item.search if split == "search" else item.heldout
+        scores = {"search": item.search, "select": item.select, "test": item.test}[split]
         return ", ".join(f"{o.name} {fmt(scores.get(o.name))}" for o in self.selection.objectives)
 
+    def result(self) -> str:
+        return result_sentence(self.selection)
+
     def headline(self) -> list[str]:
-        """The winner and why, as short paragraphs (plain text with `code` spans)."""
+        """The result, the winner and why, as short paragraphs (plain text with `code` spans)."""
         sel = self.selection
         win = sel.winner_item
-        n_scored = sum(1 for it in sel.items if it.heldout_value is not None)
-        n_base = sum(1 for it in sel.items if it.kind == "baseline" and it.heldout_value is not None)
-        objective_word = ("weighted sum of the objectives' held-out scores"
-                          if len(sel.objectives) > 1 else f"its held-out {sel.objectives[0].name} score")
+        n_scored = sum(1 for it in sel.items if it.select_value is not None)
+        n_base = sum(1 for it in sel.items if it.kind == "baseline" and it.select_value is not None)
+        objective_word = ("weighted sum of the objectives' select scores"
+                          if len(sel.objectives) > 1 else f"its select {sel.objectives[0].name} score")
         lines = [
+            self.result(),
             f"Winner: {win.label} (`{win.id}`, {KIND_NAMES[win.kind]}, method {win.method}).",
-            f"Why: of {n_scored} models scored on held-out data ({n_scored - n_base} from the search, "
+            f"Why: of {n_scored} models scored on the select role ({n_scored - n_base} from the search, "
             f"{n_base} hand-set baselines), it has the best {objective_word} ({sel.value_direction}). "
-            f"Held-out: {self.scores(win, 'heldout')}; search split: {self.scores(win, 'search')}.",
+            f"Select: {self.scores(win, 'select')}; search: {self.scores(win, 'search')}. These select "
+            "scores chose it, so they are optimistic: the test scores are the result.",
         ]
+        if win.test:
+            lines.append(f"Test: {self.scores(win, 'test')}.")
         base = sel.item(sel.best_baseline) if sel.best_baseline else None
-        if base is not None and win.kind != "baseline":
-            delta = ", ".join(f"{o.name} {_signed(win.heldout.get(o.name), base.heldout.get(o.name))}"
-                              for o in sel.objectives)
-            lines.append(f"Against the best baseline on held-out, {base.label}: "
-                         f"{self.scores(base, 'heldout')} (winner minus baseline: {delta}).")
-        elif base is not None and sel.best_searched:
+        if base is not None and win.kind == "baseline" and sel.best_searched:
             found = sel.item(sel.best_searched)
-            lines.append(f"No model of the search beat the hand-set baseline on held-out data. The best from "
-                         f"the search, {found.label} (`{found.id}`), scored {self.scores(found, 'heldout')}.")
-        sign = 1.0 if sel.value_direction == "maximize" else -1.0
-        both = [it for it in sel.items if it.search_value is not None and it.heldout_value is not None]
-        top_search = max(both, key=lambda it: sign * it.search_value, default=None)  # type: ignore[operator]
-        if top_search is not None and top_search.id != win.id:
-            lines.append(f"Picked on the search split instead, the choice would have been {top_search.label} "
-                         f"(`{top_search.id}`): held-out {self.scores(top_search, 'heldout')}, weighted "
-                         f"{fmt(top_search.heldout_value)} against the winner's {fmt(win.heldout_value)}.")
-        lines.append(f"The winner is picked on held-out among {n_scored} models, so its held-out score is "
-                     "itself slightly optimistic; the search-vs-held-out gap of every model is in the table.")
+            lines.append(f"No model of the search beat the hand-set baseline on select. The best from "
+                         f"the search, {found.label} (`{found.id}`), scored {self.scores(found, 'select')}.")
+        if sel.test_set:
+            roles = ", ".join(f"{role} (`{item_id}`)" for role, item_id in sel.test_set.items())
+            lines.append(f"Scored on test, a set fixed from select scores before any test document was scored: "
+                         f"{roles}.")
         lines.append(f"Export it: `search export {self.run_dir} --pick best` (a Hugging Face folder and its "
                      f"mergekit YAML).")
         return lines
@@ -164,22 +181,33 @@ class _Context:
             f"`{dashboard_command(self.run_dir, self.space)}` (study `merge-search`).",
             f"Other picks: `search export {self.run_dir} --pick soup|pareto|N|ITEM_ID`; re-select with other "
             f"knobs: `search select {self.run_dir} --top-k 8 --alphas 0.2,0.4,0.6,0.8`.",
+            f"The libraries' messages (lm-eval, transformers, datasets, Optuna, Ray): `{self.run_dir / 'run.log'}` "
+            "(`--verbose` shows them on the terminal).",
         ]
 
 
-def _signed(a: float | None, b: float | None) -> str:
-    if a is None or b is None:
-        return "?"
-    return f"{a - b:+.4f}"
+def _with_interval(item: Item) -> str:
+    if item.test_value is None:
+        return "not scored on test"
+    iv = item.test_interval
+    return f"{item.test_value:.4f}" + (f" (95% CI {iv.low:.4f} to {iv.high:.4f})" if iv is not None else "")
+
+
+TEST_NOTE = ("Each model here was fixed from select scores before any test document was scored, and scored on "
+             "test once; 95% intervals are percentile bootstraps over documents (10,000 resamples, seeded).")
+TABLE_NOTE = ("This ranking on the select role is what chose the winner (so its select scores are optimistic). "
+              "Search = the documents the search optimised; select = documents the search never saw, used to "
+              "choose; gap = select − search; test = the figure to report, for the few models scored on it.")
 
 
 def _markdown(ctx: _Context, images: dict[str, bytes | str]) -> str:
     sel = ctx.selection
     out = [f"# merge-search report: `{ctx.run_dir}`", "", f"Selected {sel.created}.", "", "## The winner", ""]
     out += [f"- {line}" for line in ctx.headline()]
-    out += ["", "## Selected models and baselines", "",
-            "Search = the split the search optimised; held-out = documents it never saw; "
-            "gap = held-out − search.", "", markdown_table(selection_frame(sel)), ""]
+    if sel.test_set:
+        out += ["", "## Test scores", "", TEST_NOTE, "", markdown_table(test_frame(sel))]
+    out += ["", "## Selected models and baselines, ranked on select", "", TABLE_NOTE, "",
+            markdown_table(selection_frame(sel)), ""]
     for name, title in PLOTS:
         out += [f"## {title}", ""]
         image = images[name]
@@ -242,9 +270,10 @@ def _html(ctx: _Context, images: dict[str, bytes | str]) -> str:
              f"<p>Selected {html.escape(sel.created)}.</p>",
              "<h2>The winner</h2><div class='winner-box'>",
              *[f"<p>{_code_spans(line)}</p>" for line in ctx.headline()], "</div>",
-             "<h2>Selected models and baselines</h2>",
-             "<p>Search = the split the search optimised; held-out = documents it never saw; "
-             "gap = held-out − search. The winner's row is highlighted.</p>",
+             *([f"<h2>Test scores</h2><p>{html.escape(TEST_NOTE)}</p>", _html_table(test_frame(sel))]
+               if sel.test_set else []),
+             "<h2>Selected models and baselines, ranked on select</h2>",
+             f"<p>{html.escape(TABLE_NOTE)} The winner's row is highlighted.</p>",
              _html_table(selection_frame(sel), sel.winner)]
     for name, title in PLOTS:
         parts.append(f"<h2>{html.escape(title)}</h2>")

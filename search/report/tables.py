@@ -20,30 +20,60 @@ KIND_NAMES = {"trial": "trial", "baseline": "baseline", "interpolation": "interp
 
 
 def ranked_items(selection: Selection) -> list[Item]:
-    """Items best first by held-out weighted sum (unscored ones last)."""
+    """Items best first by select weighted sum, the ranking that chose the winner (unscored ones last)."""
     sign = -1.0 if selection.value_direction == "maximize" else 1.0
-    return sorted(selection.items, key=lambda it: (it.heldout_value is None,
-                                                   sign * (it.heldout_value or 0.0)))
+    return sorted(selection.items, key=lambda it: (it.select_value is None,
+                                                   sign * (it.select_value or 0.0)))
+
+
+def interval_text(item: Item) -> str:
+    """``0.8125 [0.7700, 0.8500]``: an item's weighted test value and its 95 % interval (empty when untested)."""
+    if item.test_value is None:
+        return ""
+    iv = item.test_interval
+    return fmt(item.test_value) + (f" [{fmt(iv.low)}, {fmt(iv.high)}]" if iv is not None else "")
 
 
 def selection_frame(selection: Selection) -> Any:
-    """One row per selected model and baseline: search and held-out score per objective, side by side."""
+    """One row per selected model and baseline, ranked on select (what chose the winner): search and select
+    score per objective side by side, and the test score of the few models scored on test."""
     import pandas as pd
 
+    roles = {item_id: role for role, item_id in reversed(list(selection.test_set.items()))}
     rows = []
     for it in ranked_items(selection):
         row: dict[str, Any] = {"id": it.id, "kind": KIND_NAMES[it.kind], "model": it.label,
                                "method": it.method, "frontier": "yes" if it.frontier else ""}
         for o in selection.objectives:
-            s, h = it.search.get(o.name), it.heldout.get(o.name)
+            s, h = it.search.get(o.name), it.select.get(o.name)
             row[f"{o.name} search"] = s
-            row[f"{o.name} held-out"] = h
+            row[f"{o.name} select"] = h
             row[f"{o.name} gap"] = (h - s) if (s is not None and h is not None) else None
         if len(selection.objectives) > 1:
             row["weighted search"] = it.search_value
-            row["weighted held-out"] = it.heldout_value
-        row["note"] = (("winner" if it.id == selection.winner else "")
+            row["weighted select"] = it.select_value
+        row["test [95% CI]"] = interval_text(it)
+        row["note"] = (("winner" if it.id == selection.winner else roles.get(it.id, ""))
                        + (f" error: {it.error}" if it.error else ""))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_frame(selection: Selection) -> Any:
+    """The models scored on test (fixed from select scores before test was scored), one row each: the
+    figures a report states."""
+    import pandas as pd
+
+    rows = []
+    for role, item_id in selection.test_set.items():
+        it = selection.item(item_id)
+        row: dict[str, Any] = {"role": role, "id": it.id, "model": it.label}
+        for o in selection.objectives:
+            row[f"{o.name} test"] = it.test.get(o.name)
+        iv = it.test_interval
+        row["weighted test" if len(selection.objectives) > 1 else "test"] = it.test_value
+        row["95% CI"] = "" if iv is None else f"{iv.low:.4f} to {iv.high:.4f}"
+        row["note"] = it.error or ""
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -57,11 +87,13 @@ def facts_rows(selection: Selection) -> list[tuple[str, str]]:
         ("complete / pruned / failed", f"{f.complete} / {f.pruned} / {f.failed}"),
         ("still running", str(f.running)),
         ("baselines scored", str(f.baselines)),
-        ("wall time", _duration(f.wall_seconds)),
         ("trials per hour", "" if f.trials_per_hour is None else f"{f.trials_per_hour:.1f}"),
         ("first trial started", f.first_start or ""),
         ("last trial finished", f.last_complete or ""),
+        ("wall time, first trial to last", _duration(f.wall_seconds)),
+        ("search time", _duration(f.search_seconds)),
         ("selection time", _duration(selection.seconds.get("total"))),
+        ("of which test scoring", _duration(selection.seconds.get("test"))),
         ("selection options", f"top_k={selection.options.top_k}, max_front={selection.options.max_front}, "
                               f"alphas={selection.options.alphas}, soup_size={selection.options.soup_size}"),
     ]

@@ -1,4 +1,4 @@
-"""Selection: from a finished (or interrupted) study to a few models chosen on held-out data.
+"""Selection: from a finished (or interrupted) study to a winner picked on select, reported on test.
 
 >>> from search.selection import select_run, read_selection    # doctest: +SKIP
 >>> select_run("results/demo").winner                            # doctest: +SKIP

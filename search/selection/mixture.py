@@ -6,7 +6,7 @@ score it; export computes the very same tensors (same operations, same order) to
 folder holds bit for bit the weights that were scored. Only one extra tensor is alive at a time.
 
 >>> load_mixture(worker, [(spec_a, 0.5), (spec_b, 0.5)])         # doctest: +SKIP
->>> worker.score("heldout")                                       # doctest: +SKIP
+>>> worker.score("select")                                   # doctest: +SKIP
 """
 
 from __future__ import annotations

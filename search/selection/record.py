@@ -2,14 +2,20 @@
 
 Every selected model is an :class:`Item`: its kind, the candidates it is made of with their coefficients (its
 weights are ``sum_j coefficient_j * merge(specs[ref_j])``), and its scores per objective on the search and the
-held-out split, plus the scalarised value of each (the space's weighted sum). A candidate is named by a *ref*:
+select role (what chose the winner), plus the scalarised value of each (the space's weighted sum). A few items,
+fixed before the test role is scored (the winner, the best baseline and the best search trial on select, the
+greedy soup), also carry test scores with a 95 % interval; :class:`Headline` compares the winner with the best
+baseline on test (paired bootstrap over documents). Files written before the three roles (version 1, with
+``heldout`` scores) read as select scores with no test. A candidate is named by a *ref*:
 ``trial:12`` for trial #12 of the study, ``baseline:ties`` for a hand-set baseline the study keeps outside its
 trials (one that lies outside the searched space). The merge spec of every candidate an item uses is stored in
 ``specs``, so the weights can be rebuilt from this file and the parents alone.
 
 >>> selection = read_selection(Path("results/demo"))          # doctest: +SKIP
->>> selection.winner_item.heldout                              # doctest: +SKIP
+>>> selection.winner_item.test                                 # doctest: +SKIP
 {'add': 0.81, 'rev': 0.74}
+>>> selection.headline.sentence                                # doctest: +SKIP
+'better than the best hand-set merge by 3.1 points (95% CI 1.2 to 5.0)'
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from search.errors import UserError
 from search.merging.spec import MergeSpec
@@ -67,8 +75,29 @@ class Part(_Record):
     coefficient: float
 
 
+class IntervalRecord(_Record):
+    """A figure and its bootstrap interval (see :mod:`search.selection.stats`)."""
+
+    estimate: float
+    low: float
+    high: float
+    level: float = 0.95
+
+
 class Item(_Record):
     """A selected model or a baseline, with how to rebuild it and its scores."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _held_out_was_select(cls, data: Any) -> Any:
+        """Version 1 files: the held-out scores chose the winner, so they are select scores."""
+        if isinstance(data, dict) and ("heldout" in data or "heldout_value" in data):
+            data = dict(data)
+            data.setdefault("select", data.pop("heldout", {}))
+            data.setdefault("select_value", data.pop("heldout_value", None))
+            data.pop("heldout", None)
+            data.pop("heldout_value", None)
+        return data
 
     id: str = Field(description="Stable name: trial-12, baseline-ties, interp-12-7-a0.25, greedy-soup, "
                                 "uniform-soup (also the export folder's name).")
@@ -80,10 +109,15 @@ class Item(_Record):
     baseline: str | None = Field(None, description="The hand-set baseline's name.")
     alpha: float | None = Field(None, description="Interpolations: 0 is the first end, 1 the second.")
     ends: tuple[str, str] | None = Field(None, description="Interpolations: the two frontier points' refs.")
-    search: dict[str, float] = Field(default_factory=dict, description="Objective -> search-split score.")
-    heldout: dict[str, float] = Field(default_factory=dict, description="Objective -> score on held-out.")
+    search: dict[str, float] = Field(default_factory=dict, description="Objective -> search-role score.")
+    select: dict[str, float] = Field(default_factory=dict, description="Objective -> select-role score.")
     search_value: float | None = Field(None, description="Weighted sum of the search scores.")
-    heldout_value: float | None = Field(None, description="Weighted sum of the held-out scores.")
+    select_value: float | None = Field(None, description="Weighted sum of the select scores (chose the winner).")
+    test: dict[str, float] = Field(default_factory=dict, description="Objective -> test-role score (test set only).")
+    test_value: float | None = Field(None, description="Weighted sum of the test scores.")
+    test_interval: IntervalRecord | None = Field(None, description="95 % bootstrap interval of test_value.")
+    test_documents: dict[str, list[float]] = Field(
+        default_factory=dict, description="Objective -> each test document's value, in the role's fixed order.")
     error: str | None = Field(None, description="Why it could not be scored (then it is never the winner).")
 
     @property
@@ -100,12 +134,31 @@ class SoupStep(_Record):
 
 
 class Options(_Record):
-    """The knobs of ``search select``."""
+    """The knobs of ``search select``; None: scaled to what the run found (:meth:`scaled`)."""
 
-    top_k: int = Field(5, ge=1, description="Frontier size in weighted mode (the k best weighted sums).")
+    top_k: int | None = Field(None, ge=1, description="Frontier size in weighted mode (the k best weighted sums); "
+                              "default: a quarter of the complete candidates, 2 to 5.")
     max_front: int = Field(6, ge=2, description="Pareto mode: most front points kept (evenly spaced, ends).")
-    alphas: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75], description="Interpolation at.")
-    soup_size: int = Field(8, ge=1, description="Candidates (best by search score) the soups draw from.")
+    alphas: list[float] | None = Field(None, description="Interpolation at; default [0.5] below 20 complete "
+                                       "candidates, else [0.25, 0.5, 0.75].")
+    soup_size: int | None = Field(None, ge=1, description="Candidates (best by search score) the soups draw from; "
+                                  "default: a third of the complete candidates, 2 to 8.")
+
+    def scaled(self, complete: int) -> Options:
+        """Concrete knobs for a run with ``complete`` distinct complete candidates (trials and baselines): the
+        re-scoring grows with what the run found, not with a fixed plan (6 trials do not need 48 scorings).
+
+        >>> Options().scaled(8).model_dump()
+        {'top_k': 2, 'max_front': 6, 'alphas': [0.5], 'soup_size': 2}
+        >>> Options(alphas=[0.3]).scaled(60).model_dump()
+        {'top_k': 5, 'max_front': 6, 'alphas': [0.3], 'soup_size': 8}
+        """
+        return Options(
+            top_k=self.top_k if self.top_k is not None else min(5, max(2, complete // 4)),
+            max_front=self.max_front,
+            alphas=self.alphas if self.alphas is not None else ([0.5] if complete < 20 else [0.25, 0.5, 0.75]),
+            soup_size=self.soup_size if self.soup_size is not None else min(8, max(2, complete // 3)),
+        )
 
 
 class RunFacts(_Record):
@@ -120,26 +173,46 @@ class RunFacts(_Record):
     baselines: int
     failures: list[tuple[int, str]]
     wall_seconds: float | None
+    search_seconds: float | None = Field(None, description="Seconds the search ran (every start and resume).")
     trials_per_hour: float | None
     first_start: str | None
     last_complete: str | None
 
 
+class Headline(_Record):
+    """The winner against the best hand-set baseline on the test role: what a report leads with."""
+
+    winner: str = Field(description="Item id of the winner (picked on select).")
+    baseline: str = Field(description="Item id of the best baseline on select.")
+    difference: IntervalRecord | None = Field(
+        None, description="Winner minus baseline, weighted test value, paired bootstrap over documents.")
+    points: bool = Field(False, description="Every per-document value lies in [0, 1]: differences in points.")
+    sentence: str = Field(description="e.g. 'better than the best hand-set merge by 3.1 points (95% CI …)'.")
+    documents: dict[str, int] = Field(default_factory=dict, description="Objective -> test documents.")
+
+
 class Selection(_Record):
-    version: int = 1
+    version: int = 2
     created: str
     run_dir: str
     mode: Literal["weighted", "pareto"]
-    value_direction: Direction = Field(description="Direction of the weighted sums (search/heldout_value).")
+    value_direction: Direction = Field(description="Direction of the weighted sums (search/select/test_value).")
     objectives: list[ObjectiveInfo]
     options: Options
     specs: dict[str, MergeSpec] = Field(description="ref -> merge spec of every candidate an item uses.")
     items: list[Item]
     frontier: list[str] = Field(description="Frontier refs, ordered along the front (or best first).")
     greedy_log: list[SoupStep] = Field(default_factory=list)
-    winner: str = Field(description="Item id of the best held-out weighted sum (baselines included).")
-    best_searched: str | None = Field(None, description="Best held-out item that the search produced.")
-    best_baseline: str | None = Field(None, description="Best held-out baseline.")
+    winner: str = Field(description="Item id of the best select weighted sum (baselines included).")
+    best_searched: str | None = Field(None, description="Best select item that the search produced.")
+    best_baseline: str | None = Field(None, description="Best baseline on select.")
+    best_trial: str | None = Field(None, description="Best search trial (a single candidate) on select.")
+    test_set: dict[str, str] = Field(
+        default_factory=dict, description="Role -> item id of the models scored on test, fixed before it is "
+        "scored: winner, best baseline, best trial, greedy soup.")
+    headline: Headline | None = Field(None, description="The winner against the best baseline on test.")
+    no_test: str | None = Field(None, description="Why there are no test scores (e.g. a run from before the "
+                                "three roles), when there are none.")
     facts: RunFacts
     seconds: dict[str, float] = Field(default_factory=dict, description="Time spent per selection phase.")
 

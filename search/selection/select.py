@@ -1,4 +1,5 @@
-"""``search select RUN_DIR``: from a finished (or interrupted) study to a few models scored on held-out data.
+"""``search select RUN_DIR``: from a finished (or interrupted) study to a winner picked on select, and the few
+models that matter scored once on test, with intervals.
 
 Works from the run folder alone (the study storage and ``resolved.json``), so it can be re-run at any time:
 
@@ -7,11 +8,15 @@ Works from the run folder alone (the study storage and ``resolved.json``), so it
    weighted sum kept), the ``top_k`` best by the weighted sum when the study has one objective (``weighted``);
 2. rewarded-soup interpolations between neighbouring frontier points and between the two ends;
 3. the greedy soup and the uniform soup of the ``soup_size`` best candidates;
-4. every item above and every baseline scored on the held-out split; the winner is the best weighted sum of
-   held-out scores (baselines included: if one wins, the report says so).
+4. every item above and every baseline scored on the select role; the winner is the best weighted sum of
+   select scores (baselines included: if one wins, the report says so);
+5. a set fixed before the test role is scored: the winner, the best baseline and the best search trial on
+   select, the greedy soup; each scored once on test with a 95 % bootstrap interval, and the winner against the
+   best baseline as a paired difference (:mod:`search.selection.stats`). The select scores chose the winner, so
+   only the test scores are the result.
 
-The result is ``RUN_DIR/selection.json`` (:mod:`search.selection.record`) and the report (``report.html``,
-``report.md``).
+The result is ``RUN_DIR/selection.json`` (:mod:`search.selection.record`); the report is rendered from it
+(``search.report.render``), by the CLI, as the next stage.
 
 >>> selection = select_run(Path("results/demo"))        # doctest: +SKIP
 >>> selection.winner_item.label                          # doctest: +SKIP
@@ -32,6 +37,8 @@ from search.merging.spec import MergeSpec
 from search.selection.interpolate import check_alphas, interpolation_parts
 from search.selection.pareto import neighbour_pairs, order_front, pareto_front, thin, top_k
 from search.selection.record import (
+    Headline,
+    IntervalRecord,
     Item,
     ObjectiveInfo,
     Options,
@@ -43,7 +50,7 @@ from search.selection.record import (
     trial_ref,
     write_selection,
 )
-from search.selection.rescore import Scorer
+from search.selection.rescore import Request, Scorer, ScoringFailed
 from search.selection.soups import greedy_soup, uniform
 
 
@@ -54,10 +61,8 @@ def value_direction(space: Space) -> str:
 
 
 def weighted_value(space: Space, scores: dict[str, float]) -> float:
-    """The study's scalarised view of a score dict (see ``search.study.loop.scalarize``)."""
-    from search.study.loop import scalarize
-
-    return scalarize(space, scores)
+    """The study's scalarised view of a score dict (``Space.weighted``)."""
+    return space.weighted(scores)
 
 
 def loaded_from_run(run_dir: Path) -> LoadedSpace:
@@ -88,6 +93,7 @@ def load_study(run_dir: Path, space: Space) -> Any:
 def run_facts(space: Space, study: Any) -> RunFacts:
     """Trials done, pruned, failed (with reasons), baselines, wall time and speed, as `search status` counts
     them."""
+    from search.study.loop import SEARCH_SECONDS
     from search.study.progress import status_of
 
     status = status_of(space, study)
@@ -98,6 +104,7 @@ def run_facts(space: Space, study: Any) -> RunFacts:
     return RunFacts(done=status.done, budget=status.budget, complete=status.complete, pruned=status.pruned,
                     failed=status.failed, running=status.running, baselines=status.baselines,
                     failures=[(n, r) for n, r in status.failures], wall_seconds=wall,
+                    search_seconds=study.user_attrs.get(SEARCH_SECONDS),
                     trials_per_hour=status.done / (wall / 3600) if wall else None,
                     first_start=min(starts).isoformat() if starts else None,
                     last_complete=max(ends).isoformat() if ends else None)
@@ -166,14 +173,17 @@ def _method(specs: list[MergeSpec]) -> str:
 
 
 def select_run(run_dir: str | Path, *, progress: bool = True, options: Options | None = None,
-               worker: Any = None, report: bool = True) -> Selection:
-    """Select, interpolate, soup and re-score on held-out; write ``selection.json`` (and the report)."""
-    from search.study.trial import CandidateFailure, Worker, WorkerConfig, describe_failure
+               backend: Any = None) -> Selection:
+    """Select, interpolate, soup and re-score on select; score the fixed test set on test; write
+    ``selection.json``. (The report is the next stage: ``search.report.render.render_report``.)
 
+    ``backend``: the run's started execution backend (its workers hold the parents already: nothing is loaded
+    again); None starts the space's own backend for the selection and closes it after.
+    """
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
-    options = options or Options()
-    alphas = check_alphas(options.alphas)
+    if options is not None and options.alphas is not None:
+        check_alphas(options.alphas)  # bad knobs are refused before anything is read
     loaded = loaded_from_run(run_dir)
     space = loaded.space
     study = load_study(run_dir, space)
@@ -181,6 +191,8 @@ def select_run(run_dir: str | Path, *, progress: bool = True, options: Options |
     if not cands.refs:
         raise UserError(f"the study in '{run_dir}' has no complete trial to select from", field="RUN_DIR",
                         fix="let the run finish some trials (`search status` shows them), then select again")
+    options = (options or Options()).scaled(len(cands.refs))
+    alphas = check_alphas(options.alphas or [])
     direction = value_direction(space)
     maximize = direction == "maximize"
     front = frontier(space, cands, options)
@@ -192,102 +204,205 @@ def select_run(run_dir: str | Path, *, progress: bool = True, options: Options |
     seconds: dict[str, float] = {}
     items: list[Item] = []
     log: list[SoupStep] = []
-    with _Bar(progress, planned) as bar:
-        t0 = time.perf_counter()
-        if worker is None:
-            worker = Worker(WorkerConfig.from_space(loaded))
-        seconds["load"] = time.perf_counter() - t0
-        scorer = Scorer(worker, cands.specs, on_score=bar.advance)
+    owned = backend is None
+    t0 = time.perf_counter()
+    if owned:
+        from search.study.loop import make_backend
+        from search.study.trial import WorkerConfig
 
-        def scored(item: Item, *, search: bool) -> Item:
-            parts = [(p.ref, p.coefficient) for p in item.parts]
-            try:
-                if search:
-                    item.search = scorer.search(parts)
-                    item.search_value = weighted_value(space, item.search)
-                item.heldout = scorer.heldout(parts)
-                item.heldout_value = weighted_value(space, item.heldout)
-            except CandidateFailure as exc:
-                item.error = describe_failure(exc)
-            return item
+        backend = make_backend(loaded, WorkerConfig.from_space(loaded))
+        backend.start()
+    seconds["load"] = time.perf_counter() - t0
+    try:
+        with _Bar(progress, planned) as bar:
+            scorer = Scorer(backend, cands.specs, on_score=bar.advance)
+            t0 = time.perf_counter()
+            for ref in front + [b for b in baselines if b not in front]:
+                name = cands.baseline.get(ref)
+                spec = cands.specs[ref]
+                items.append(Item(
+                    id=f"baseline-{name}" if name else f"trial-{_short(ref)}",
+                    kind="baseline" if name else "trial",
+                    label=f"baseline {name}" if name else f"{ref_label(ref)} {spec.method}", method=spec.method,
+                    parts=[Part(ref=ref, coefficient=1.0)], frontier=ref in front, baseline=name,
+                    search=cands.search[ref], search_value=cands.value[ref]))
+            _score_items(space, scorer, items, search=False)
+            seconds["frontier_and_baselines"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        for ref in front + [b for b in baselines if b not in front]:
-            name = cands.baseline.get(ref)
-            spec = cands.specs[ref]
-            items.append(scored(Item(
-                id=f"baseline-{name}" if name else f"trial-{_short(ref)}",
-                kind="baseline" if name else "trial",
-                label=f"baseline {name}" if name else f"{ref_label(ref)} {spec.method}", method=spec.method,
-                parts=[Part(ref=ref, coefficient=1.0)], frontier=ref in front, baseline=name,
-                search=cands.search[ref], search_value=cands.value[ref]), search=False))
-        seconds["frontier_and_baselines"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            interpolations = []
+            for a, b in pairs:
+                for alpha in alphas:
+                    parts = interpolation_parts(a, b, alpha)
+                    interpolations.append(Item(
+                        id=f"interp-{_short(a)}-{_short(b)}-a{alpha:g}", kind="interpolation",
+                        label=f"{ref_label(a)} → {ref_label(b)} at α={alpha:g}",
+                        method=_method([cands.specs[a], cands.specs[b]]),
+                        parts=[Part(ref=r, coefficient=c) for r, c in parts], alpha=alpha, ends=(a, b)))
+            items += _score_items(space, scorer, interpolations, search=True)
+            seconds["interpolation"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        for a, b in pairs:
-            for alpha in alphas:
-                parts = interpolation_parts(a, b, alpha)
-                items.append(scored(Item(
-                    id=f"interp-{_short(a)}-{_short(b)}-a{alpha:g}", kind="interpolation",
-                    label=f"{ref_label(a)} → {ref_label(b)} at α={alpha:g}",
-                    method=_method([cands.specs[a], cands.specs[b]]),
-                    parts=[Part(ref=r, coefficient=c) for r, c in parts], alpha=alpha, ends=(a, b)),
-                    search=True))
-        seconds["interpolation"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if len(pool) > 1:
+                def soup_value(refs: list[str]) -> float:  # one step at a time: each depends on the last
+                    try:
+                        return weighted_value(space, scorer.search(uniform(refs)))
+                    except ScoringFailed:
+                        return float("-inf") if maximize else float("inf")
 
-        t0 = time.perf_counter()
-        if len(pool) > 1:
-            def soup_value(refs: list[str]) -> float:
-                try:
-                    return weighted_value(space, scorer.search(uniform(refs)))
-                except CandidateFailure:
-                    return float("-inf") if maximize else float("inf")
+                soup, _, steps = greedy_soup(pool, cands.value[pool[0]], soup_value, maximize=maximize)
+                log = [SoupStep(ref=s.ref, score=s.score if math.isfinite(s.score) else None, accepted=s.accepted)
+                       for s in steps]
+                soups = []
+                for kind, refs in (("greedy_soup", soup), ("uniform_soup", pool)):
+                    listed = ", ".join(ref_label(r) for r in refs)
+                    name = kind.replace("_", " ")
+                    item = Item(id=kind.replace("_", "-"), kind=kind,  # type: ignore[arg-type]
+                                label=f"{name} of {len(refs)} ({listed})",
+                                method=_method([cands.specs[r] for r in refs]),
+                                parts=[Part(ref=r, coefficient=c) for r, c in uniform(refs)])
+                    if len(refs) == 1:  # the soup is its one ingredient: its search score is the candidate's
+                        item.search, item.search_value = cands.search[refs[0]], cands.value[refs[0]]
+                    soups.append(item)
+                items += _score_items(space, scorer, soups, search=True)
+            seconds["soups"] = time.perf_counter() - t0
+        selection = _decide(run_dir, space, study, cands, options, items, front, log, scorer, progress, seconds)
+    finally:
+        if owned:
+            backend.close()
+    selection.seconds["total"] = time.perf_counter() - t_start
+    write_selection(run_dir, selection)
+    return selection
 
-            soup, _, steps = greedy_soup(pool, cands.value[pool[0]], soup_value, maximize=maximize)
-            log = [SoupStep(ref=s.ref, score=s.score if math.isfinite(s.score) else None, accepted=s.accepted)
-                   for s in steps]
-            for kind, refs in (("greedy_soup", soup), ("uniform_soup", pool)):
-                listed = ", ".join(ref_label(r) for r in refs)
-                name = kind.replace("_", " ")
-                item = Item(id=kind.replace("_", "-"), kind=kind, label=f"{name} of {len(refs)} ({listed})",  # type: ignore[arg-type]
-                            method=_method([cands.specs[r] for r in refs]),
-                            parts=[Part(ref=r, coefficient=c) for r, c in uniform(refs)])
-                if len(refs) == 1:  # the soup is its one ingredient: its search score is the candidate's
-                    item.search, item.search_value = cands.search[refs[0]], cands.value[refs[0]]
-                items.append(scored(item, search=len(refs) > 1))
-        seconds["soups"] = time.perf_counter() - t0
 
-    ok = [it for it in items if it.heldout_value is not None]
+def _score_items(space: Space, scorer: Scorer, items: list[Item], *, search: bool) -> list[Item]:
+    """Score items on select (and on search, when they are new mixtures) through every slot at once."""
+    roles = ("search", "select") if search else ("select",)
+    scorer.many([Request.of([(p.ref, p.coefficient) for p in it.parts],
+                            *(r for r in roles if r == "select" or not it.search)) for it in items])
+    for item in items:
+        parts = [(p.ref, p.coefficient) for p in item.parts]
+        try:
+            if search and not item.search:
+                item.search = scorer.result(parts, "search")
+                item.search_value = weighted_value(space, item.search)
+            item.select = scorer.result(parts, "select")
+            item.select_value = weighted_value(space, item.select)
+        except ScoringFailed as exc:
+            item.error = str(exc)
+    return items
+
+
+def _decide(run_dir: Path, space: Space, study: Any, cands: Candidates, options: Options, items: list[Item],
+            front: list[str], log: list[SoupStep], scorer: Scorer, progress: bool,
+            seconds: dict[str, float]) -> Selection:
+    """The winner on select; the test set fixed from select scores, then scored on test; the headline."""
+    direction = value_direction(space)
+    maximize = direction == "maximize"
+    ok = [it for it in items if it.select_value is not None]
     if not ok:
-        raise UserError("no selected candidate could be scored on held-out data: "
+        raise UserError("no selected candidate could be scored on the select role: "
                         + "; ".join(f"{it.id}: {it.error}" for it in items[:3]), field="objectives",
-                        fix="check the evaluators' held-out data")
+                        fix="check the evaluators' select data")
 
     def best(group: list[Item]) -> str | None:
         if not group:
             return None
         sign = 1.0 if maximize else -1.0
-        return max(group, key=lambda it: (sign * it.heldout_value, it.kind != "baseline",  # type: ignore[operator]
+        return max(group, key=lambda it: (sign * it.select_value, it.kind != "baseline",  # type: ignore[operator]
                                           sign * (it.search_value or 0.0))).id
 
+    winner = best(ok) or ""
+    best_baseline = best([it for it in ok if it.kind == "baseline"])
+    best_trial = best([it for it in ok if it.kind == "trial"])
+    soup = next((it.id for it in ok if it.kind == "greedy_soup"), None)
+    # The test set is fixed here, from select scores alone, before any test document is scored.
+    test_set = {role: item_id for role, item_id in (("winner", winner), ("best baseline", best_baseline),
+                                                    ("best search trial", best_trial), ("greedy soup", soup))
+                if item_id}
+    no_test = None
+    t0 = time.perf_counter()
+    if has_test_role(space):
+        by_id = {it.id: it for it in items}
+        order = list(dict.fromkeys(test_set.values()))
+        with _Bar(progress, len(order), label="testing") as bar:
+            scorer.on_score = bar.advance
+            scorer.many([Request.of([(p.ref, p.coefficient) for p in by_id[i].parts], "test") for i in order
+                         if by_id[i].error is None])
+            for item_id in order:
+                tested(space, scorer, by_id[item_id], seed=space.seed)
+    else:
+        no_test = ("the objectives have no test role (a run folder from before the three roles, or a test "
+                   "fraction of 0): the select scores chose the winner, so no unbiased figure is available")
+    seconds["test"] = time.perf_counter() - t0
+
     used = sorted({p.ref for it in items for p in it.parts})
-    selection = Selection(
+    headline = (compare(space, next(it for it in items if it.id == winner),
+                        next(it for it in items if it.id == best_baseline), seed=space.seed)
+                if best_baseline and no_test is None else None)
+    return Selection(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), run_dir=str(run_dir.resolve()),
         mode=space.mode, value_direction=direction,  # type: ignore[arg-type]
         objectives=[ObjectiveInfo(name=o.name, metric=o.metric, direction=o.direction, weight=o.weight)
                     for o in space.objectives],
         options=options, specs={r: cands.specs[r] for r in used}, items=items, frontier=front, greedy_log=log,
-        winner=best(ok) or "", best_searched=best([it for it in ok if it.kind != "baseline"]),
-        best_baseline=best([it for it in ok if it.kind == "baseline"]), facts=run_facts(space, study),
-        seconds={**seconds, "total": time.perf_counter() - t_start},
+        winner=winner, best_searched=best([it for it in ok if it.kind != "baseline"]),
+        best_baseline=best_baseline, best_trial=best_trial, test_set=test_set, headline=headline, no_test=no_test,
+        facts=run_facts(space, study), seconds=dict(seconds),
     )
-    write_selection(run_dir, selection)
-    if report:
-        from search.report.render import render_report
 
-        render_report(run_dir, selection=selection, study=study, space=space,
-                      layout=getattr(getattr(worker, "parents", None), "layout", None))
-    return selection
+
+def has_test_role(space: Space) -> bool:
+    """Whether every objective's evaluator has a test role (a run from before the three roles has none)."""
+    from evaluators.registry import parse_evaluator_spec
+
+    return all(parse_evaluator_spec(o.evaluator).has_test for o in space.objectives)
+
+
+def tested(space: Space, scorer: Any, item: Item, *, seed: int) -> Item:
+    """Score ``item`` once on the test role: scores, weighted value and its interval (when every objective
+    reports per-document values), per-document values kept for paired comparisons."""
+    from search.selection.stats import mean_interval
+
+    if item.error is not None:
+        return item
+    try:
+        item.test, item.test_documents = scorer.test([(p.ref, p.coefficient) for p in item.parts])
+    except ScoringFailed as exc:
+        item.error = str(exc)
+        return item
+    item.test_value = weighted_value(space, item.test)
+    weights = space.signed_weights()
+    if set(item.test_documents) == set(weights):
+        iv = mean_interval([(w, item.test_documents[n]) for n, w in weights.items()], seed=seed)
+        item.test_interval = IntervalRecord(estimate=iv.estimate, low=iv.low, high=iv.high, level=iv.level)
+    return item
+
+
+def compare(space: Space, winner: Item, baseline: Item, *, seed: int) -> Headline:
+    """The winner against the best baseline on test: the paired difference and the sentence that says it."""
+    from search.selection.stats import comparison_sentence, in_points, paired_interval
+
+    weights = space.signed_weights()
+    other = f"the best hand-set merge ({baseline.label})"
+    maximize = value_direction(space) == "maximize"
+    if winner.id == baseline.id:
+        return Headline(winner=winner.id, baseline=baseline.id,
+                        sentence=f"the best hand-set merge won on select: the search did not beat {baseline.label}")
+    have = set(winner.test_documents) & set(baseline.test_documents)
+    if winner.test_value is None or baseline.test_value is None or have != set(weights):
+        missing = sorted(set(weights) - have)
+        return Headline(winner=winner.id, baseline=baseline.id,
+                        sentence=f"no interval: objective(s) {', '.join(missing)} report no per-document test "
+                                 "scores (only lm-eval metrics that are means over documents do)")
+    groups = [(w, winner.test_documents[n], baseline.test_documents[n]) for n, w in weights.items()]
+    diff = paired_interval(groups, seed=seed)
+    points = in_points([[a, b] for _, a, b in groups])
+    return Headline(winner=winner.id, baseline=baseline.id,
+                    difference=IntervalRecord(estimate=diff.estimate, low=diff.low, high=diff.high,
+                                              level=diff.level),
+                    points=points, sentence=comparison_sentence(diff, maximize=maximize, points=points, other=other),
+                    documents={n: len(winner.test_documents[n]) for n in weights})
 
 
 def _short(ref: str) -> str:
@@ -299,9 +414,10 @@ def _short(ref: str) -> str:
 class _Bar:
     """A rich progress bar over the planned evaluations (or nothing)."""
 
-    def __init__(self, enabled: bool, total: int) -> None:
+    def __init__(self, enabled: bool, total: int, label: str = "selecting") -> None:
         self.enabled = enabled
         self.total = total
+        self.label = label
         self._progress: Any = None
         self._task: Any = None
 
@@ -309,7 +425,7 @@ class _Bar:
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._progress = Progress(TextColumn("[bold]selecting"), BarColumn(), MofNCompleteColumn(),
+            self._progress = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(), MofNCompleteColumn(),
                                       TimeElapsedColumn(), transient=True)
             self._progress.start()
             self._task = self._progress.add_task("select", total=self.total)

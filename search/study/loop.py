@@ -47,6 +47,10 @@ from search.study.space_to_optuna import (
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+SEARCH_SECONDS = "search_seconds"
+DOCUMENT_STRIDE = 1_000_000  # wilcoxon step ids: objective k's document i is step k * stride + i
+
+
 class RunAborted(Exception):
     """The run stopped itself (too many failures in a row); the study so far is kept."""
 
@@ -61,6 +65,8 @@ class InFlight:
     baseline: Baseline | None = None
     step: int = -1
     partials: list[dict[str, float]] = field(default_factory=list)
+    documents: dict[str, list[float]] = field(default_factory=dict)  # wilcoxon: per-document values so far
+    reported: set[int] = field(default_factory=set)  # wilcoxon: steps (documents) already reported
     merge_seconds: float = 0.0
     eval_seconds: float = 0.0
     retry_of: int | None = None
@@ -99,20 +105,22 @@ def directions(space: Space) -> list[str]:
 
 def scalarize(space: Space, scores: dict[str, float]) -> float:
     """The weighted view: sum of weight x score (scores of minimised objectives negated when directions mix)."""
-    dirs = {o.direction for o in space.objectives}
-    total = 0.0
-    for o in space.objectives:
-        sign = -1.0 if (len(dirs) > 1 and o.direction == "minimize") else 1.0
-        total += o.weight * sign * scores[o.name]
-    return total
+    return space.weighted(scores)
 
 
-def create_study(run_dir: Path, space: Space, store: Any = None) -> optuna.Study:
-    return optuna.create_study(
+def create_study(run_dir: Path, space: Space, store: Any = None, *, workers: int = 1) -> optuna.Study:
+    """Create or load the run's study; on a resume the sampler is re-seeded from the trials it holds, so that it
+    repeats none of its earlier proposals (see ``search.study.samplers``)."""
+    study = optuna.create_study(
         study_name=storage.STUDY_NAME, storage=store or storage.open_storage(run_dir, space), load_if_exists=True,
-        sampler=make_sampler(space), pruner=make_pruner(space.pruner_name, space.pruner.margin, space.pruner.args),
+        sampler=make_sampler(space, workers=workers),
+        pruner=make_pruner(space.pruner_name, space.pruner.margin, space.pruner.args),
         directions=directions(space),
     )
+    held = len(study.get_trials(deepcopy=False))
+    if held:
+        study.sampler = make_sampler(space, trials_so_far=held, workers=workers)
+    return study
 
 
 class Driver:
@@ -126,7 +134,7 @@ class Driver:
         self.backend = backend
         self.plan = plan
         self.storage = storage.open_storage(run_dir, self.space)
-        self.study = create_study(run_dir, self.space, self.storage)
+        self.study = create_study(run_dir, self.space, self.storage, workers=backend.slots)
         with warnings.catch_warnings():  # experimental since Optuna 3.2; the dashboard labels objectives with it
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.study.set_metric_names([o.name for o in self.space.objectives] if self.space.mode == "pareto"
@@ -134,6 +142,8 @@ class Driver:
         self.study_id = self.storage.get_study_id_from_name(storage.STUDY_NAME)
         self.fractions = self.space.pruner.slices
         self.maximize = [o.direction == "maximize" for o in self.space.objectives]
+        # Wilcoxon compares trials document by document: the slices come back with each document's value
+        self.wilcoxon = self.space.pruner_name == "wilcoxon"
         self.slots: dict[int, InFlight | None] = {i: None for i in range(backend.slots)}
         self.consecutive_failures = 0
         self.last_failure = ""
@@ -141,12 +151,15 @@ class Driver:
         self.progress = RunProgress(self.space, enabled=progress)
 
     # -- recovery ---------------------------------------------------------------------------------------------
-    def recover(self) -> int:
-        """Trials left RUNNING by a driver that died are marked failed (interrupted) and enqueued again once."""
+    def recover(self, reason: str = "interrupted: the run stopped while this trial ran") -> int:
+        """Trials left RUNNING by a driver that died are marked failed (interrupted) and enqueued again once.
+
+        One driver runs a study (the run lock), so every RUNNING trial is one it cut off, or this driver's own
+        when it is interrupted (also one asked but not yet on a slot).
+        """
         stale = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for t in stale:
-            self._fail_interrupted(t.number, t.params, "interrupted: the run stopped while this trial ran",
-                                   retry_of=t.user_attrs.get("retry_of"))
+            self._fail_interrupted(t.number, t.params, reason, retry_of=t.user_attrs.get("retry_of"))
         return len(stale)
 
     def _fail_interrupted(self, number: int, params: dict[str, Any], reason: str, *,
@@ -179,14 +192,18 @@ class Driver:
                 if all(v is None for v in self.slots.values()):
                     break
                 self._handle(self.backend.wait())
-        except KeyboardInterrupt:
-            for slot, current in self.slots.items():
-                if current is not None and current.trial is not None:
-                    self._fail_interrupted(current.trial.number, current.params, "interrupted by the user",
-                                           retry_of=current.retry_of)
+        except (KeyboardInterrupt, RunAborted) as exc:
+            # No trial is left RUNNING: those in flight (and one asked but not yet on a slot) are failed as
+            # interrupted and enqueued again.
+            self.recover("interrupted by the user" if isinstance(exc, KeyboardInterrupt) else "the run stopped itself")
+            for slot in self.slots:
+                self.slots[slot] = None
             raise
         finally:
             self.progress.stop()
+            # search seconds of every start and resume, for the run facts (selection's are its own)
+            spent = float(self.study.user_attrs.get(SEARCH_SECONDS, 0.0)) + time.perf_counter() - t0
+            self.study.set_user_attr(SEARCH_SECONDS, round(spent, 3))
         return self.summary(time.perf_counter() - t0)
 
     def summary(self, seconds: float) -> RunSummary:
@@ -234,7 +251,12 @@ class Driver:
             self._submit_score(result.slot, current, 0)
             return
         current.eval_seconds += result.seconds
-        current.partials.append(dict(result.value))
+        if self.wilcoxon:
+            scores, current.documents = result.value
+            current.partials.append(dict(scores))
+            self._report_documents(current)
+        else:
+            current.partials.append(dict(result.value))
         step = current.step
         if step == len(self.fractions) - 1:
             self._finish(result.slot, current, TrialState.COMPLETE)
@@ -245,14 +267,31 @@ class Driver:
 
     def _submit_score(self, slot: int, current: InFlight, step: int) -> None:
         current.step = step
-        self.backend.submit(slot, Job("score", split="search", fraction=self.fractions[step]))
+        self.backend.submit(slot, Job("score", split="search", fraction=self.fractions[step],
+                                      per_document=self.wilcoxon))
+
+    def _steps(self, documents: dict[str, list[float]]) -> dict[int, float]:
+        """WilcoxonPruner's instances: one step per (objective, document), the same ids in every trial (an
+        objective's documents are in its role's fixed order), valued in the weighted view."""
+        weights = self.space.signed_weights()
+        return {k * DOCUMENT_STRIDE + i: weights[o.name] * v
+                for k, o in enumerate(self.space.objectives) for i, v in enumerate(documents[o.name])}
+
+    def _report_documents(self, current: InFlight) -> None:
+        if current.trial is None:
+            return
+        steps = self._steps(current.documents)
+        for step in sorted(set(steps) - current.reported):
+            current.trial.report(steps[step], step)
+            current.reported.add(step)
 
     def _should_prune(self, current: InFlight, step: int) -> bool:
         scores = current.partials[-1]
         if current.trial is None:
             return False  # baselines are always scored in full
         if self.space.mode == "weighted":
-            current.trial.report(scalarize(self.space, scores), step)
+            if not self.wilcoxon:  # (wilcoxon: the documents were reported as they came)
+                current.trial.report(scalarize(self.space, scores), step)
             return current.trial.should_prune()
         current.trial.set_user_attr(f"partial_{step}", [scores[o.name] for o in self.space.objectives])
         if self.space.pruner_name != "pareto":
@@ -308,7 +347,9 @@ class Driver:
     def _add_baseline(self, current: InFlight, state: TrialState, values: list[float] | None,
                       attrs: dict[str, Any]) -> None:
         intermediate = {}
-        if self.space.mode == "weighted":
+        if self.wilcoxon and current.documents:  # a best trial must hold every document, as sampled ones do
+            intermediate = self._steps(current.documents)
+        elif self.space.mode == "weighted":
             intermediate = {i: scalarize(self.space, s) for i, s in enumerate(current.partials)}
         params = current.params
         assert current.baseline is not None
@@ -340,24 +381,40 @@ class Driver:
                              f"{self.run_dir}`")
 
 
-def run_study(loaded: LoadedSpace, *, backend: Backend | None = None, progress: bool = True,
-              select: bool = False) -> RunSummary:
-    """Start or resume the study of a space: validate everything, run to the budget, then (``select``) pick,
-    re-score on held-out data and write the report (``search select``)."""
-    import sys
-
+def open_backend(loaded: LoadedSpace) -> tuple[LoadedSpace, Backend]:
+    """The space as it will run (a run folder from before the three roles keeps its two roles) and its backend,
+    not started: the caller runs the stages on it (``run_study``, then ``select_run``) and closes it."""
     from search.study.trial import WorkerConfig
 
+    loaded = storage.adopt_roles(loaded)
+    return loaded, make_backend(loaded, WorkerConfig.from_space(loaded))
+
+
+def run_study(loaded: LoadedSpace, *, backend: Backend | None = None, progress: bool = True,
+              select: bool = False) -> RunSummary:
+    """Start or resume the study of a space: validate everything, then run to the budget.
+
+    With ``backend`` (from :func:`open_backend`), the caller owns it: it is started here if it is not, and left
+    running for the next stage (selection scores on the same workers); without, one is made and closed here.
+    ``select``: the caller selects next, so a run that reached its budget counts as finished (nothing is run)
+    only once its selection is made.
+    """
+    import sys
+
+    owned = backend is None
+    if owned:
+        loaded, backend = open_backend(loaded)
+    else:
+        loaded = storage.adopt_roles(loaded)
+    assert backend is not None
     space = loaded.space
-    # Everything that can refuse bad input runs before any model is loaded or the run folder is written.
-    plan = validate_run(loaded)
-    finished = finished_run(loaded, select=select)
-    if finished is not None:
-        return finished
-    if backend is None:
-        backend = make_backend(loaded, WorkerConfig.from_space(loaded))
-    backend.start()
     try:
+        # Everything that can refuse bad input runs before any model is loaded or the run folder is written.
+        plan = validate_run(loaded)
+        finished = finished_run(loaded, select=select)
+        if finished is not None:
+            return finished
+        backend.start()
         with storage.run_lock(loaded.output):
             run_dir, _ = storage.prepare_run_dir(loaded)
             journal = storage.journal_path(run_dir, space)
@@ -367,26 +424,26 @@ def run_study(loaded: LoadedSpace, *, backend: Backend | None = None, progress: 
                     print(f"note: {note}", file=sys.stderr)
             driver = Driver(loaded, run_dir, backend, plan, progress=progress)
             driver.recover()
-            summary = driver.run()
-            if select:
-                from search.selection.select import select_run
-
-                # the in-process worker already holds the parents: selection reuses it
-                select_run(run_dir, progress=progress, worker=getattr(backend, "worker", None))
-            return summary
+            return driver.run()
     finally:
-        backend.close()
+        if owned:
+            backend.close()
 
 
 def validate_run(loaded: LoadedSpace) -> SearchPlan:
     """Everything `search start` checks before it loads a model or writes: :func:`preflight`, then the model's
     layout (its config, on the meta device) and the search plan. Bad input raises UserError; nothing is written.
     """
+    from search.config.yaml_io import located
     from search.merging.oneshot import load_layout
 
-    preflight(loaded)
-    layout = load_layout(loaded.base_model, trust_remote_code=loaded.space.trust_remote_code, source=str(loaded.file))
-    return build_plan(loaded.space, layout.num_layers)
+    try:
+        preflight(loaded)
+        layout = load_layout(loaded.base_model, trust_remote_code=loaded.space.trust_remote_code,
+                             source=str(loaded.file))
+        return build_plan(loaded.space, layout.num_layers)
+    except UserError as exc:
+        raise located(exc) from None
 
 
 def finished_run(loaded: LoadedSpace, *, select: bool) -> RunSummary | None:
@@ -427,7 +484,6 @@ def preflight(loaded: LoadedSpace) -> None:
                         local=not (space.backend == "ray" and space.ray_address is not None))
     checks.check_output(loaded.output, file=loaded.file)
     checks.check_not_running(loaded.output, file=loaded.file)
-    storage.check_same_space(loaded)
     journal = storage.journal_path(loaded.output, space)
     if journal is not None and journal.exists():
         health = storage.check_journal(journal)
@@ -440,6 +496,13 @@ def preflight(loaded: LoadedSpace) -> None:
     checks.check_lm_eval_tasks(loaded)
     make_sampler(space)  # the space's validation built it once already; this names the file if it fails
     make_pruner(space.pruner_name, space.pruner.margin, space.pruner.args)
+    storage.check_same_space(loaded)
+    if space.pruner_name == "wilcoxon":
+        for i, obj in enumerate(space.objectives):
+            if obj.evaluator.get("type") != "lm_eval":
+                raise UserError("pruner 'wilcoxon' compares candidates document by document, which only lm_eval "
+                                "evaluators report", file=loaded.file, field=f"objectives[{i}].evaluator.type",
+                                fix="use pruner median or successive_halving with this evaluator")
 
 
 def make_backend(loaded: LoadedSpace, config: Any) -> Backend:

@@ -135,7 +135,7 @@ def _local_tasks(include_path: str | list[str] | None, file: Path, field: str) -
     return set(TaskManager(include_path=paths, include_defaults=False).all_tasks)
 
 
-_NAME_LINE = re.compile(rb"^\s*-?\s*(?:task|group|tag)\s*:\s*['\"]?([^'\"\s#]+)", re.M)
+_NAME_LINE = re.compile(rb"^\s*-?\s*['\"]?(?:task|group|tag)['\"]?\s*:\s*['\"]?([^'\"\s#]+)", re.M)
 _LIST_ITEM = re.compile(rb"^\s*-\s+['\"]?([A-Za-z0-9_\-\.]+)['\"]?\s*$", re.M)
 
 

@@ -2,7 +2,10 @@
 
 Single objective (or the weighted view): the scalarised partial score is reported with ``trial.report`` at each
 slice and an Optuna pruner decides — ``median``, ``successive_halving``, or :class:`BaselinePruner` (below the
-best hand-set baseline at the same slice, by a margin). Multi-objective studies cannot ``report`` in Optuna, so
+best hand-set baseline at the same slice, by a margin). ``wilcoxon`` is Optuna's ``WilcoxonPruner``: each
+document of a slice is reported as its own step (its value in the weighted view), and a candidate is stopped
+when a paired signed-rank test on the documents both have scored says it is worse than the best trial
+(``p_threshold``, default 0.1): a decision that knows how many documents it rests on. Multi-objective studies cannot ``report`` in Optuna, so
 :func:`dominated_by_front` decides there: a candidate whose partial scores are dominated, by a margin on every
 objective, by a trial of the current front at the same slice is stopped.
 """
@@ -48,6 +51,12 @@ def make_pruner(name: str, margin: float, args: dict[str, Any]) -> BasePruner:
         return optuna.pruners.SuccessiveHalvingPruner(**args)
     if name == "baseline":
         return BaselinePruner(margin)
+    if name == "wilcoxon":
+        import warnings
+
+        with warnings.catch_warnings():  # experimental since Optuna 3.6
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.WilcoxonPruner(**{"p_threshold": 0.1, **args})
     return optuna.pruners.NopPruner()
 
 

@@ -42,15 +42,21 @@ LOCK = ".lock"
 
 
 def open_storage(run_dir: Path, space: Space | None = None) -> Any:
-    """The run's Optuna storage: the journal file in the run folder, or the URL the space names."""
+    """The run's Optuna storage: the journal file in the run folder, or the URL the space names.
+
+    A journal damaged before its last record (which Optuna cannot replay) is refused with the repair command; a
+    torn last record is left to Optuna, which skips it when reading (a driver cuts it off before appending).
+    """
     import optuna
 
-    if space is not None and space.storage:
-        url = space.storage
-        if url.startswith("journal:"):
-            return optuna.storages.JournalStorage(journal_backend(Path(url.removeprefix("journal:"))))
-        return optuna.storages.RDBStorage(url)
-    return optuna.storages.JournalStorage(journal_backend(run_dir / JOURNAL))
+    journal = journal_path(run_dir, space)
+    if journal is None:
+        return optuna.storages.RDBStorage(space.storage)  # type: ignore[union-attr]
+    if journal.exists():
+        health = check_journal(journal)
+        if health.damaged:
+            raise damaged_error(health, run_dir)
+    return optuna.storages.JournalStorage(journal_backend(journal))
 
 
 def journal_path(run_dir: Path, space: Space | None = None) -> Path | None:
@@ -78,7 +84,7 @@ def check_same_space(loaded: LoadedSpace) -> bool:
     if not existing.exists():
         return False
     try:
-        before = json.loads(existing.read_text())
+        before = read_resolved(run_dir)  # an old run folder reads as two-role (config/legacy.py)
     except ValueError:
         raise UserError(f"'{existing}' is not valid JSON", file=loaded.file, field="output",
                         fix="restore it from a backup, or give a new output folder") from None
@@ -119,11 +125,30 @@ def resolved_config(loaded: LoadedSpace) -> dict[str, Any]:
 
 
 def read_resolved(run_dir: Path) -> dict[str, Any]:
+    """``resolved.json``; a run folder from before the three roles reads as two-role (see config/legacy.py)."""
+    from search.config.legacy import migrate_space
+
     file = Path(run_dir) / RESOLVED
     if not file.exists():
         raise UserError(f"'{run_dir}' is not a run folder (no {RESOLVED})", field="RUN_DIR",
                         fix="give the output folder of a `search start` run")
-    return json.loads(file.read_text())
+    resolved = json.loads(file.read_text())
+    if "space" in resolved:
+        resolved["space"] = migrate_space(resolved["space"])
+    return resolved
+
+
+def adopt_roles(loaded: LoadedSpace) -> LoadedSpace:
+    """The space to run in ``loaded.output``: as given, or, to resume a run folder from before the three roles,
+    with its evaluators read as they were then (two roles), so that the trials go on scoring the same split."""
+    from search.config.legacy import is_two_role, two_role_evaluator
+
+    file = loaded.output / RESOLVED
+    if not file.exists() or not is_two_role(json.loads(file.read_text()).get("space", {})):
+        return loaded
+    objectives = [o.model_copy(update={"evaluator": two_role_evaluator(dict(o.evaluator))})
+                  for o in loaded.space.objectives]
+    return loaded.model_copy(update={"space": loaded.space.model_copy(update={"objectives": objectives})})
 
 
 def load_run_space(run_dir: Path) -> Space:
@@ -346,7 +371,8 @@ def repair_journal(path: Path) -> Repair:
         tmp.unlink(missing_ok=True)
         raise UserError(f"the repaired journal does not replay in Optuna ({type(exc).__name__}: {exc}); "
                         f"'{path}' is left as it was", field="study.journal",
-                        fix="keep the run folder and report the problem; start a new run folder meanwhile") from None
+                        fix="keep the run folder and report the problem; start a new run folder meanwhile") \
+            from None
     backup = _backup(path, "damaged")
     os.replace(tmp, path)
     return Repair(records=len(kept), recovered=recovered, dropped=dropped, dropped_bytes=dropped_bytes,

@@ -7,6 +7,7 @@ which backend calls it; the driver (``loop.py``) turns its answers into reports,
 >>> worker = Worker(WorkerConfig.from_space(loaded))       # doctest: +SKIP
 >>> worker.merge(spec)                                     # in place, no disk; raises CandidateFailure on NaN
 >>> worker.score("search", 0.25)                           # {"add": 0.61, "reverse": 0.88}
+>>> worker.score_documents("test")                         # scores, and each document's value per objective
 """
 
 from __future__ import annotations
@@ -33,15 +34,11 @@ class CandidateFailure(Exception):
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
+    """An objective as a worker needs it; it reads its evaluator's role of the phase (search, select, test)."""
+
     name: str
     evaluator: dict[str, Any]
     metric: str
-    search_split: str = "search"
-    heldout_split: str = "heldout"
-
-    def split_for(self, phase: str) -> str:
-        """The evaluator split this objective reads in a phase ("search" while searching, "heldout" after)."""
-        return self.search_split if phase == "search" else self.heldout_split
 
 
 @dataclass(frozen=True)
@@ -55,7 +52,7 @@ class WorkerConfig:
     space_file: str
     dtype: str = "float32"          # the storage dtype, resolved (never "auto")
     device: str = "auto"
-    placement: str = "auto"         # auto | resident | stream (see search.weights.memory_plan)
+    placement: str = "resident"     # resident | stream, as the memory plan resolved it (search plan)
     gpus: int = 1                   # GPUs the working model is sharded over (resources.gpus_per_worker > 1)
     allow_pickle: bool = False
     trust_remote_code: bool = False
@@ -64,6 +61,7 @@ class WorkerConfig:
     @classmethod
     def from_space(cls, loaded: Any, device: str | None = None) -> WorkerConfig:
         from search.weights.dtypes import storage_dtype_name
+        from search.weights.memory_plan import plan_for_space
 
         space = loaded.space
         wanted = space.resources.gpus_per_worker
@@ -71,11 +69,11 @@ class WorkerConfig:
             base_model=str(loaded.base_model),
             models=tuple(str(loaded.models[n]) for n in space.models),
             model_names=tuple(space.models),
-            objectives=tuple(ObjectiveConfig(o.name, dict(o.evaluator), o.metric, o.search_split, o.heldout_split)
-                             for o in space.objectives),
+            objectives=tuple(ObjectiveConfig(o.name, dict(o.evaluator), o.metric) for o in space.objectives),
             space_file=str(Path(loaded.file).resolve()),
             dtype=storage_dtype_name(space.dtype, loaded.base_model), device=device or space.device,
-            placement=space.placement, gpus=int(wanted) if wanted > 1 else 1, allow_pickle=space.allow_pickle,
+            placement=plan_for_space(loaded).placement, gpus=int(wanted) if wanted > 1 else 1,
+            allow_pickle=space.allow_pickle,
             trust_remote_code=space.trust_remote_code,
         )
 
@@ -88,6 +86,7 @@ class Worker:
 
         from evaluators.registry import build_evaluator
         from search.weights.parents import Parents, resolve_device
+        from search.weights.placement import visible_devices
 
         self.config = config
         t0 = time.perf_counter()
@@ -95,8 +94,10 @@ class Worker:
         self.parents = Parents.load(config.base_model, list(config.models), dtype=getattr(torch, config.dtype),
                                     device=self.device, allow_pickle=config.allow_pickle,
                                     trust_remote_code=config.trust_remote_code,
-                                    labels=[f"models.{n}" for n in config.model_names], source=config.space_file)
-        self.model = self.parents.build_model()
+                                    labels=[f"models.{n}" for n in config.model_names], source=config.space_file,
+                                    placement=config.placement,  # type: ignore[arg-type]
+                                    devices=visible_devices(config.gpus, self.device))
+        self.model = self.parents.build_model()  # on the devices the parents merge on
         self.tokenizer = AutoTokenizer.from_pretrained(config.base_model, trust_remote_code=config.trust_remote_code)
         # objectives that share an evaluator spec share one evaluator (and one scoring pass)
         self._evaluators: dict[str, Any] = {}
@@ -109,7 +110,8 @@ class Worker:
                                                         field=f"objectives[{i}].evaluator")
             self._objective_key[obj.name] = key
         self.current: MergeSpec | None = None
-        self._prefix: dict[tuple[str, str], tuple[int, dict[str, float]]] = {}  # per candidate: scored prefix
+        # per candidate: the scored prefix of each (evaluator, role): its length, metrics and per-document values
+        self._prefix: dict[tuple[str, str], tuple[int, dict[str, float], dict[str, list[float]]]] = {}
         try:  # a wrong metric name, or an evaluator that cannot score the base at all, is bad input: refuse it now
             self._score("search", 1.0, check_metrics=True)
         except UserError:
@@ -144,65 +146,132 @@ class Worker:
             raise CandidateFailure(f"weights hold NaN/inf (first in {bad})")
         self.current = label
 
-    def _score_slice(self, key: str, evaluator: Any, split: str, limit: int) -> dict[str, float]:
-        """Metrics on the first ``limit`` documents. When the candidate already scored a shorter prefix and every
-        metric its objectives read is a mean over documents, only the new documents are scored and combined:
-        growing slices (25 % then 100 %) cost the full split once, not 1.25 times."""
+    def _score_slice(self, key: str, evaluator: Any, split: str, limit: int, *,
+                     per_document: bool = False) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Metrics on the first ``limit`` documents (and, with ``per_document``, each document's value). When the
+        candidate already scored a shorter prefix and every metric its objectives read is a mean over documents,
+        only the new documents are scored and combined: growing slices (25 % then 100 %) cost the full split
+        once, not 1.25 times."""
         wanted = {o.metric for o in self.config.objectives if self._objective_key[o.name] == key}
         done = self._prefix.get((key, split))
         incremental = (done is not None and 0 < done[0] < limit and hasattr(evaluator, "combinable")
-                       and all(evaluator.combinable(m) for m in wanted))
+                       and all(evaluator.combinable(m) for m in wanted) and (not per_document or bool(done[2])))
+        start = done[0] if incremental and done is not None else 0
+
+        def call() -> tuple[dict[str, float], dict[str, list[float]]]:
+            if per_document:
+                return evaluator.score_documents(self.model, self.tokenizer, split, limit=limit, start=start)
+            if start:
+                return evaluator.score(self.model, self.tokenizer, split, limit=limit, start=start), {}
+            return evaluator.score(self.model, self.tokenizer, split, limit=limit), {}
+
         with quiet_progress_bars():
-            if incremental:
-                assert done is not None
-                n_done, previous = done
-                new = evaluator.score(self.model, self.tokenizer, split, limit=limit, start=n_done)
-                metrics = combine_slices(previous, n_done, new, limit - n_done, wanted & set(previous) & set(new))
-            else:
-                metrics = evaluator.score(self.model, self.tokenizer, split, limit=limit)
-        self._prefix[(key, split)] = (limit, metrics)
-        return metrics
+            new, new_docs = call()
+        if incremental and done is not None:
+            n_done, previous, previous_docs = done
+            metrics = combine_slices(previous, n_done, new, limit - n_done, wanted & set(previous) & set(new))
+            docs = {m: previous_docs[m] + new_docs[m] for m in new_docs if m in previous_docs}
+        else:
+            metrics, docs = new, new_docs
+        self._prefix[(key, split)] = (limit, metrics, docs)
+        return metrics, docs
 
     def num_docs(self, split: str) -> dict[str, int]:
         return {name: self._evaluators[key].num_docs(split) for name, key in self._objective_key.items()}
 
+    def has_role(self, phase: str) -> bool:
+        """Whether every objective's evaluator has documents for ``phase`` (a run from before the three roles,
+        or a test fraction of 0, has no test role)."""
+        from evaluators.protocol import check_split
+
+        return all(n > 0 for n in self.num_docs(check_split(phase)).values())
+
     def score(self, phase: str, fraction: float = 1.0) -> dict[str, float]:
-        """Every objective's metric for the merged model, on the first ``fraction`` (nested slices) of the split
-        each objective reads in ``phase`` ("search" or "heldout")."""
+        """Every objective's metric for the merged model, on the first ``fraction`` (nested slices) of the role
+        ``phase`` ("search", "select" or "test")."""
         if self.current is None:
             raise RuntimeError("score() before a successful merge()")
-        return self._score(phase, fraction)
+        return self._score(phase, fraction)[0]
 
-    def _score(self, phase: str, fraction: float, *, check_metrics: bool = False) -> dict[str, float]:
-        from evaluators.protocol import slice_size
+    def score_slice_documents(self, phase: str, fraction: float) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """``score`` and each document's value of the slice, per objective (for WilcoxonPruner's paired test);
+        every objective's evaluator must report per-document values (lm-eval tasks)."""
+        if self.current is None:
+            raise RuntimeError("score_slice_documents() before a successful merge()")
+        return self._score(phase, fraction, per_document=True)
 
-        results: dict[tuple[str, str], dict[str, float]] = {}
+    def score_documents(self, phase: str) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Every objective's metric on the whole role ``phase``, and each document's value (in the role's fixed
+        order) for the objectives whose evaluator reports them (lm-eval tasks, metrics that are means)."""
+        from evaluators.protocol import check_split
+
+        if self.current is None:
+            raise RuntimeError("score_documents() before a successful merge()")
+        split = check_split(phase)
+        done: dict[str, tuple[dict[str, float], dict[str, list[float]]]] = {}
+        scores: dict[str, float] = {}
+        per_doc: dict[str, list[float]] = {}
         for obj in self.config.objectives:
-            key, split = self._objective_key[obj.name], obj.split_for(phase)
+            key = self._objective_key[obj.name]
+            evaluator = self._evaluators[key]
+            if key not in done:
+                with quiet_progress_bars():
+                    if hasattr(evaluator, "score_documents"):
+                        done[key] = evaluator.score_documents(self.model, self.tokenizer, split)
+                    else:
+                        done[key] = (evaluator.score(self.model, self.tokenizer, split), {})
+            metrics, docs = done[key]
+            scores[obj.name] = self._checked(obj, metrics)
+            if obj.metric in docs:
+                per_doc[obj.name] = docs[obj.metric]
+        return scores, per_doc
+
+    def _checked(self, obj: ObjectiveConfig, metrics: dict[str, float]) -> float:
+        if obj.metric not in metrics:
+            raise KeyError(f"objective '{obj.name}': evaluator returned no metric '{obj.metric}' "
+                           f"(it returned {sorted(metrics)})")
+        value = float(metrics[obj.metric])
+        if value != value or value in (float("inf"), float("-inf")):
+            raise CandidateFailure(f"objective '{obj.name}' scored {value}")
+        return value
+
+    def _score(self, phase: str, fraction: float, *, check_metrics: bool = False,
+               per_document: bool = False) -> tuple[dict[str, float], dict[str, list[float]]]:
+        from evaluators.protocol import check_split, slice_size
+
+        split = check_split(phase)
+        results: dict[tuple[str, str], dict[str, float]] = {}
+        documents: dict[tuple[str, str], dict[str, list[float]]] = {}
+        for obj in self.config.objectives:
+            key = self._objective_key[obj.name]
             if (key, split) not in results:
                 evaluator = self._evaluators[key]
                 n = evaluator.num_docs(split)
                 if check_metrics:  # 16 documents: enough for every task of a group to show its metrics
-                    results[(key, split)] = evaluator.score(self.model, self.tokenizer, split, limit=min(n, 16))
+                    with quiet_progress_bars():
+                        results[(key, split)] = evaluator.score(self.model, self.tokenizer, split, limit=min(n, 16))
                 else:
-                    results[(key, split)] = self._score_slice(key, evaluator, split, slice_size(n, fraction))
+                    results[(key, split)], documents[(key, split)] = self._score_slice(
+                        key, evaluator, split, slice_size(n, fraction), per_document=per_document)
         out: dict[str, float] = {}
         for i, obj in enumerate(self.config.objectives):
-            metrics = results[(self._objective_key[obj.name], obj.split_for(phase))]
+            metrics = results[(self._objective_key[obj.name], split)]
             if check_metrics:
                 if obj.metric not in metrics:
                     raise UserError(f"the evaluator returns no metric '{obj.metric}' (it returns: "
                                     f"{', '.join(sorted(metrics))})", file=self.config.space_file,
                                     field=f"objectives[{i}].metric", fix="use one of the metrics it returns")
                 continue
-            if obj.metric not in metrics:
-                raise KeyError(f"objective '{obj.name}': evaluator returned no metric '{obj.metric}' "
-                               f"(it returned {sorted(metrics)})")
-            value = float(metrics[obj.metric])
-            if value != value or value in (float("inf"), float("-inf")):
-                raise CandidateFailure(f"objective '{obj.name}' scored {value}")
-            out[obj.name] = value
-        return out
+            out[obj.name] = self._checked(obj, metrics)
+        per_doc: dict[str, list[float]] = {}
+        if per_document:
+            for obj in self.config.objectives:
+                docs = documents[(self._objective_key[obj.name], split)]
+                if obj.metric not in docs:
+                    raise CandidateFailure(f"objective '{obj.name}': metric '{obj.metric}' has no per-document "
+                                           "values (it is not a mean over documents)")
+                per_doc[obj.name] = docs[obj.metric]
+        return out, per_doc
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,8 +95,11 @@ class LoraAdapter:
         lora = _lora_config(folder, config, source, field_name)
         adapter = cls(path=folder, config=config, modules={}, replacements={}, source=source,
                       field_name=field_name)
-        shapes = adapter._open_weights(allow_pickle)
-        adapter._index(shapes, lora)
+        try:
+            adapter._index(adapter._open_weights(allow_pickle), lora)
+        except BaseException:
+            adapter.close()
+            raise
         return adapter
 
     # -- reading -----------------------------------------------------------------------------------------
@@ -167,9 +170,9 @@ class LoraAdapter:
         unknown = [n for n in list(self.modules) + list(self.replacements) if n not in stored]
         if not unknown:
             return
-        aliases = aliases()
+        stored_name = aliases()
         for name in unknown:
-            target = aliases.get(name)
+            target = stored_name.get(name)
             if target is None or target not in stored:
                 continue
             if name in self.modules:
@@ -262,15 +265,10 @@ class LoraAdapter:
         return None if key is None else self.get(key, dtype=dtype, device=device)
 
     def factor_nbytes(self, itemsize: int) -> int:
-        """Bytes of all factors at ``itemsize`` bytes per element (from the headers)."""
-        total = 0
-        for entries in self.modules.values():
-            for m in entries:
-                total += (math.prod(self._shape(m.a_key)) + math.prod(self._shape(m.b_key))) * itemsize
-        return total
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
+        """Bytes of all LoRA factors at ``itemsize`` bytes per element, from the headers (the memory plan's
+        count; ``search.weights.sizes`` counts a whole folder without opening it)."""
+        return sum((math.prod(self._shape(m.a_key)) + math.prod(self._shape(m.b_key))) * itemsize
+                   for entries in self.modules.values() for m in entries)
 
     def close(self) -> None:
         self._stack.close()

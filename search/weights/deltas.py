@@ -22,12 +22,12 @@ tensor([[1., 1.],
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
-from search.methods.base import MergeMethod, TensorParams
+from search.methods.base import HALF_DTYPES, MergeMethod, TensorParams
 from search.methods.linear import add_weighted_deltas
 
 Factors = tuple[torch.Tensor, torch.Tensor]          # (up, down): delta = up @ down
@@ -81,6 +81,22 @@ class TensorDeltas:
             total += up.numel() * up.element_size() + down.numel() * down.element_size()
         return total
 
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> TensorDeltas:
+        """The same task vectors with ``fn`` applied to every tensor held (dense rows, factors): placement moves
+        them, e.g. to pinned host memory or onto a GPU."""
+        dense = None if self.dense is None else fn(self.dense)
+        factors = {i: (fn(up), fn(down)) for i, (up, down) in self.factors.items()}
+        device = dense.device if dense is not None else next((f[0].device for f in factors.values()), self.device)
+        return replace(self, dense=dense, factors=factors, device=device)
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> TensorDeltas:
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor held (for CUDA stream bookkeeping)."""
+        held = [] if self.dense is None else [self.dense]
+        return held + [t for pair in self.factors.values() for t in pair]
+
     def stacked(self, out: torch.Tensor | None = None) -> torch.Tensor:
         """The dense ``(k, *shape)`` stack (into ``out`` when given, unless the stored stack is returned)."""
         if self.all_dense:
@@ -100,19 +116,28 @@ class TensorDeltas:
 
     def add_linear(self, base: torch.Tensor, coeffs: Sequence[float], *, beta: float = 1.0,
                    out: torch.Tensor | None = None) -> torch.Tensor:
-        """``beta * base + sum_i coeffs[i] * delta_i``, no delta materialised (written into ``out`` if given)."""
+        """``beta * base + sum_i coeffs[i] * delta_i``, no delta materialised (written into ``out`` if given).
+
+        Half-precision storage is combined in float32 (this tensor only) and rounded once, as every method is.
+        """
+        half = base.dtype in HALF_DTYPES
+        work = base.float() if half else base
+        target = None if half else out
         if self.dense is not None:
-            result = add_weighted_deltas(base, self.dense, [coeffs[i] for i in self.dense_rows], beta=beta, out=out)
-        elif out is not None:
-            result = torch.mul(base, beta, out=out)
+            dense = self.dense.float() if half else self.dense
+            result = add_weighted_deltas(work, dense, [coeffs[i] for i in self.dense_rows], beta=beta, out=target)
+        elif target is not None:
+            result = torch.mul(work, beta, out=target)
         else:
-            result = base * beta
+            result = work * beta
         used = [i for i in sorted(self.factors) if coeffs[i] != 0.0]
         if used:
-            up = torch.cat([self.factors[i][0] * coeffs[i] for i in used], dim=1)
-            down = torch.cat([self.factors[i][1] for i in used], dim=0)
+            up = torch.cat([self.factors[i][0].to(work.dtype) * coeffs[i] for i in used], dim=1)
+            down = torch.cat([self.factors[i][1].to(work.dtype) for i in used], dim=0)
             _add_product(result, up, down)
-        return result
+        if not half:
+            return result
+        return result.to(base.dtype) if out is None else out.copy_(result)
 
 
 def _add_product(target: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> None:
@@ -126,12 +151,10 @@ def _add_product(target: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> 
 
 
 def merge_tensor(method: MergeMethod, base: torch.Tensor, deltas: TensorDeltas, params: TensorParams, *,
-                 seed: int | None = None, out: torch.Tensor | None = None,
-                 scratch: torch.Tensor | None = None) -> torch.Tensor:
+                 seed: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Merge one tensor: factors used directly where the method is linear in the deltas, else the dense stack
-    materialised (into ``scratch`` when given: one ``(k, *shape)`` buffer reused across tensors)."""
+    materialised for this tensor only (the stored stack itself when every parent is dense)."""
     if method.linear_coefficients is not None and not deltas.all_dense:
         beta, coeffs = method.linear_coefficients(params, deltas.k)
-        result = deltas.add_linear(base, coeffs, beta=beta, out=out)
-        return result
-    return method.merge(base, deltas.stacked(out=scratch), params, seed=seed, out=out)
+        return deltas.add_linear(base, coeffs, beta=beta, out=out)
+    return method.merge(base, deltas.stacked(), params, seed=seed, out=out)

@@ -54,12 +54,50 @@ def gguf_file(path: str | Path, *, file: str | Path | None = None, field: str | 
     return p
 
 
+def model_folder(path: str | Path, *, dtype: str | None = None, file: str | Path | None = None,
+                 field: str | None = None) -> Path:
+    """``path`` itself, or for a GGUF file (or a folder holding one) its dequantized, cached HF folder.
+
+    ``dtype``: a storage dtype name (float32, bfloat16, float16); anything else (None, auto) keeps float32, exact
+    for every GGUF quantisation.
+    """
+    if not is_gguf(path):
+        return Path(path)
+    name = dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
+    return dequantized_folder(path, dtype=name, file=file, field=field)
+
+
 def file_hash(path: Path, *, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_gguf(source: Path, *, file: str | Path | None = None, field: str | None = None) -> None:
+    """Read the GGUF's header and tensor table as transformers does (no tensor data): a truncated or corrupt
+    file, or an architecture transformers cannot dequantize, is refused before any work."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES, load_gguf_checkpoint
+
+    readable = sorted(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
+    try:
+        load_gguf_checkpoint(str(source), return_tensors=False)
+    except ValueError as exc:
+        if "not supported" in str(exc):
+            raise UserError(f"transformers cannot dequantize '{source}': {exc}", file=file, field=field,
+                            fix=f"give a GGUF of an architecture transformers reads "
+                                f"({', '.join(readable)}), or convert it "
+                                "to a safetensors HF folder first") from None
+        raise _corrupt(source, exc, file, field) from None
+    except Exception as exc:  # noqa: BLE001 - the gguf reader fails in many ways on a damaged file
+        raise _corrupt(source, exc, file, field) from None
+
+
+def _corrupt(source: Path, exc: BaseException, file: str | Path | None, field: str | None) -> UserError:
+    detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    return UserError(f"'{source}' is a truncated or corrupt GGUF file ({type(exc).__name__}: {detail})",
+                     file=file, field=field, fix="download or copy the .gguf file again and check its size/hash")
 
 
 def dequantized_folder(path: str | Path, *, dtype: str = "float32", cache_dir: str | Path | None = None,
@@ -78,6 +116,7 @@ def dequantized_folder(path: str | Path, *, dtype: str = "float32", cache_dir: s
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_gguf(source, file=file, field=field)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:

@@ -7,7 +7,8 @@ in a second for a 70B family. Parts, per worker:
 - ``task vectors``: one dense delta per fine-tune, in the storage dtype;
 - ``working model``: the model candidates are merged into and scored with;
 - ``merge scratch``: the float32 upcast of the largest tensor's base, deltas, result and method temporaries
-  (``(2k + 4) x 4`` bytes per element: TIES' weighted copies and masks are the worst case);
+  (``(2k + 8) x 4`` bytes per element: TIES' upcast deltas, weighted copies, masks and top-k working copies
+  are the worst case);
 - ``stream buffers`` (stream only): two tensors' worth of base + deltas on the GPU (double buffering);
 - ``activations``: an estimate for the largest evaluator batch (see :func:`activation_bytes`);
 - ``process``: torch, transformers and lm-eval themselves in host memory (~2 GiB, measured on CPU);
@@ -69,6 +70,13 @@ class ParentsShape:
     layers: int
     kv_width: int               # key/value heads x head dim (the KV cache per token and layer is 2x this)
     max_positions: int
+    task_numels: tuple[int, ...] = ()  # elements held per fine-tune (LoRA: its factors); empty: all dense
+
+    def task_numel(self, k: int | None = None) -> int:
+        """Elements of the first ``k`` fine-tunes' task vectors (dense: a base each; adapters: their factors)."""
+        k = self.num_models if k is None else k
+        held = self.task_numels or (self.float_numel,) * self.num_models
+        return sum(held[:k])
 
     @classmethod
     def from_folders(cls, base: str | Path, models: list[str | Path]) -> ParentsShape:
@@ -77,6 +85,7 @@ class ParentsShape:
         floats = [(t, n) for t, n in tensors.values() if t in _FLOAT_TYPES]
         float_numel = sum(n for _, n in floats)
         native = max((_SAFE_BYTES[t] for t, _ in floats), default=4)
+        task_numels = tuple(_task_numel(m, tensors, float_numel) for m in models)
         config = _text_config(base)
         hidden = int(config.get("hidden_size") or config.get("n_embd") or config.get("d_model") or 0)
         heads = int(config.get("num_attention_heads") or config.get("n_head") or 1)
@@ -93,7 +102,19 @@ class ParentsShape:
             kv_width=kv_heads * head_dim,
             max_positions=int(config.get("max_position_embeddings") or config.get("n_positions")
                               or PLANNED_SEQ_CAP),
+            task_numels=task_numels,
         )
+
+
+def _task_numel(model: str | Path, tensors: dict[str, tuple[str, int]], dense: int) -> int:
+    """Elements a fine-tune's task vector holds: a dense base's worth, or a LoRA adapter's factors plus the full
+    tensors of its modules_to_save (from the adapter's header)."""
+    from search.weights.adapters import LoraAdapter, is_adapter
+
+    if not is_adapter(model):
+        return dense
+    with LoraAdapter.open(model) as adapter:
+        return adapter.factor_nbytes(1) + sum(tensors[n][1] for n in adapter.replacements if n in tensors)
 
 
 @dataclass(frozen=True)
@@ -171,8 +192,9 @@ def _plan(shape: ParentsShape, dtype: str, placement: Placement, device: Literal
     size = _DTYPE_BYTES[dtype]
     k = shape.num_models
     model = shape.float_numel * size + shape.other_bytes
-    deltas = k * shape.float_numel * size
-    scratch = (2 * k + 4) * 4 * shape.largest_numel
+    deltas = shape.task_numel() * size
+    adapters = sum(1 for n in shape.task_numels if n != shape.float_numel)
+    scratch = (2 * k + 8) * 4 * shape.largest_numel
     acts = activation_bytes(shape, size, batch, seq)
     on_gpu = device == "cuda"
     n = max(1, gpus) if on_gpu else 1
@@ -180,9 +202,10 @@ def _plan(shape: ParentsShape, dtype: str, placement: Placement, device: Literal
     parents_where: Literal["gpu", "cpu", "cpu pinned"] = "cpu pinned" if placement == "stream" else gpu
     parts = [
         Part("base", model, parents_where, _split(model, n, parents_where), "storage dtype"),
-        Part(f"task vectors ({k})", deltas, parents_where, _split(deltas, n, parents_where), f"{k} x base, dense"),
+        Part(f"task vectors ({k})", deltas, parents_where, _split(deltas, n, parents_where),
+             f"{k - adapters} dense" + (f", {adapters} LoRA (factors)" if adapters else "")),
         Part("working model", model, gpu, _split(model, n, gpu), "built on meta, filled from the base"),
-        Part("merge scratch", scratch, gpu, scratch, f"float32 upcast of the largest tensor, (2k+4) x 4 B x "
+        Part("merge scratch", scratch, gpu, scratch, f"float32 upcast of the largest tensor, (2k+8) x 4 B x "
                                                      f"{shape.largest_numel:,}"),
     ]
     if placement == "stream":
@@ -242,7 +265,7 @@ def _fixes(shape: ParentsShape, plan: MemoryPlan, placement: str, batch: int, se
             both = attempt(placement="stream", dtype="bfloat16")
             fixes.append(f"dtype: bfloat16 with placement: stream ({both.verdict()})")
     for k in range(shape.num_models - 1, 0, -1):
-        tried = attempt(shape=replace(shape, num_models=k))
+        tried = attempt(shape=replace(shape, num_models=k, task_numels=shape.task_numels[:k]))
         if tried.fits:
             fixes.append(f"merge {k} fine-tunes instead of {shape.num_models} ({tried.verdict()})")
             break

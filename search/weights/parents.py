@@ -16,7 +16,7 @@ in the task vectors use adapters' factors directly; the others see a dense stack
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from search.merging.spec import MergeSpec
 from search.weights.checks import check_parents
 from search.weights.deltas import TensorDeltas, merge_tensor
 from search.weights.layout import ModelLayout
+from search.weights.placement import Mode, TensorPlacement, layer_devices
 from search.weights.sources import ParentRef, base_value, delta_parts
 
 
@@ -51,15 +52,20 @@ class Parents:
     fixed: dict[str, torch.Tensor] = field(default_factory=dict)  # non-float tensors, copied as they are
     dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    placement: TensorPlacement | None = None  # None: resident on ``device``
 
     @classmethod
     def load(cls, base_path: str | Path | ParentRef, model_paths: Sequence[str | Path | ParentRef], *,
              dtype: torch.dtype = torch.float32, device: str | torch.device = "auto", allow_pickle: bool = False,
              trust_remote_code: bool = False, labels: Sequence[str] | None = None,
-             source: str | None = None) -> Parents:
+             source: str | None = None, placement: Mode = "resident",
+             devices: Sequence[str | torch.device] | None = None) -> Parents:
         """Check the parents against each other, then read each tensor once into base + task vectors.
 
         A model may be a full checkpoint folder, a LoRA adapter folder (kept as factors) or ``MODEL+ADAPTER``.
+        ``devices`` (several GPUs) splits the layers evenly over them: each tensor's base and task vectors live on
+        (resident) or stream to (stream) the device of its layer. ``placement: stream`` keeps them in pinned host
+        memory and copies them tensor by tensor, one ahead of the merge (see :mod:`search.weights.placement`).
         """
         from transformers import AutoConfig
 
@@ -71,11 +77,17 @@ class Parents:
             config = AutoConfig.from_pretrained(str(checked.paths[0]), trust_remote_code=trust_remote_code)
             layout = ModelLayout.from_config(config)
             reference, models = checked.parents[0], checked.parents[1:]
+            names = list(checked.reference.names)
+            targets = [torch.device(d) for d in devices] if devices else [dev]
+            compute = layer_devices(layout, names, targets) if len(targets) > 1 else {n: dev for n in names}
+            keep = TensorPlacement(placement, compute)
             base: dict[str, torch.Tensor] = {}
             deltas: dict[str, TensorDeltas] = {}
             fixed: dict[str, torch.Tensor] = {}
             moved = [False] * len(models)
-            for name in checked.reference.names:
+            for name in names:
+                # read where it will be merged (resident) or on the CPU, then pinned (stream)
+                dev = compute[name] if placement == "resident" else torch.device("cpu")
                 dense = reference.dense_value(name, reference, dtype=None, device=dev)  # type: ignore[arg-type]
                 if not dense.is_floating_point():
                     fixed[name] = dense
@@ -83,22 +95,32 @@ class Parents:
                 dense = dense.to(dtype)
                 parts = delta_parts(reference, models, name, dense, dtype=dtype, device=dev)
                 for i, (d, f) in enumerate(parts):
-                    moved[i] = moved[i] or (d is not None and bool(d.any())) or (f is not None and bool(f[0].any()))
+                    moved[i] = moved[i] or _nonzero(d) or (f is not None and _nonzero(f[0]))
                 if all(d is not None and f is None for d, f in parts):
                     deltas[name] = TensorDeltas.from_dense(torch.stack([d for d, _ in parts]))  # type: ignore[misc]
                 else:
                     deltas[name] = TensorDeltas.build(dense.shape, parts, dtype=dtype, device=dev)
                 base[name] = base_value(reference, name, dtype=dtype, device=dev) \
                     if reference.adapter is not None else dense
+                if placement == "stream":
+                    base[name], deltas[name] = keep.store(name, base[name]), keep.store(name, deltas[name])
         finally:
             checked.close()
-        for label, path, changed in zip(labels, model_paths, moved):
-            if not changed:  # legitimate input, but almost surely not what was meant
+        def where(ref: ParentRef) -> tuple[Path | None, Path | None]:
+            return tuple(None if p is None else Path(p).resolve() for p in (ref.model, ref.adapter))  # type: ignore
+
+        base_ref = where(checked.parents[0].ref)
+        for label, path, changed, parent in zip(labels, model_paths, moved, checked.parents[1:]):
+            # the base itself listed as a model is deliberate (mergekit allows it; a space of checkpoints without
+            # a base takes its first checkpoint as the reference): identical by construction, no warning
+            if not changed and where(parent.ref) != base_ref:
+                # legitimate input, but almost surely not what was meant
                 warnings.warn(f"{label} ({path}) is identical to the base model: its task vector is zero, so it "
                               "adds nothing to any merge (check that the path names the fine-tune)", UserWarning,
                               stacklevel=2)
         return cls(base_path=checked.paths[0], model_paths=[Path(str(p)) for p in model_paths], layout=layout,
-                   config=config, base=base, deltas=deltas, fixed=fixed, dtype=dtype, device=dev)
+                   config=config, base=base, deltas=deltas, fixed=fixed, dtype=dtype, device=targets[0],
+                   placement=keep)
 
     @property
     def num_models(self) -> int:
@@ -139,6 +161,8 @@ class Parents:
                             f"{', '.join(missing[:3])}", field="base_model",
                             fix="use a checkpoint saved by the same transformers architecture it names")
         default = self.device
+        if devices is None and self.placement is not None:
+            devices = self.placement.compute  # each tensor where its parents are merged
 
         def device_of(name: str) -> torch.device:
             return devices.get(name, default) if devices is not None else default
@@ -183,14 +207,24 @@ class Parents:
             raise ValueError(f"spec has {len(spec.model_parameters)} model parameter sets, parents have "
                              f"{self.num_models} fine-tunes")
         state = model.state_dict()
+        method = spec.merge_method
         with torch.no_grad():
-            for name in names or self.base:
-                self.merge_tensor(spec, name, out=state[name])
+            for name, (base, deltas) in self._placed(names or list(self.base)):
+                merge_tensor(method, base, deltas, spec.tensor_params(name, self.layout),
+                             seed=spec.tensor_seed(name), out=state[name])
 
     def merge_tensor(self, spec: MergeSpec, name: str, *, out: torch.Tensor | None = None) -> torch.Tensor:
         """One merged tensor of ``spec`` (into ``out`` when given)."""
-        return merge_tensor(spec.merge_method, self.base[name], self.deltas[name],
-                            spec.tensor_params(name, self.layout), seed=spec.tensor_seed(name), out=out)
+        (_, (base, deltas)), = self._placed([name])
+        return merge_tensor(spec.merge_method, base, deltas, spec.tensor_params(name, self.layout),
+                            seed=spec.tensor_seed(name), out=out)
+
+    def _placed(self, names: Sequence[str]) -> Iterator[tuple[str, tuple[Any, ...]]]:
+        """``(name, (base, deltas))`` on the device each tensor merges on: as held (resident), or copied one
+        tensor ahead on a side CUDA stream (stream)."""
+        if self.placement is None:
+            return ((n, (self.base[n], self.deltas[n])) for n in names)
+        return self.placement.tensors(names, lambda n: (self.base[n], self.deltas[n]))
 
     def stacked_deltas(self, name: str) -> torch.Tensor:
         """The dense ``(k, *shape)`` task vectors of one tensor, materialised on the device."""
@@ -203,3 +237,8 @@ class Parents:
             for name in self.base:
                 out[name] = self.merge_tensor(spec, name)
         return out
+
+
+def _nonzero(tensor: torch.Tensor | None) -> bool:
+    """Whether a task-vector part moves anything (a tensor placed on ``meta``, in tests, counts as moving)."""
+    return tensor is not None and (tensor.device.type == "meta" or bool(tensor.any()))

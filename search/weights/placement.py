@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -103,16 +103,24 @@ class TensorPlacement:
             raise UserError("placement: stream copies parents from host memory to a GPU, and this run has no GPU",
                             field="placement", fix="remove placement (CPU runs keep the parents in memory)")
 
-    def store(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """The copy of ``tensor`` the parents keep: on its compute device (resident), or in pinned host memory
-        (stream; page-locked, so the copy to the GPU runs asynchronously at full bus speed)."""
+    def store(self, name: str, held: Any) -> Any:
+        """The copy of ``held`` (a tensor, or a holder of several with ``map``, like TensorDeltas) the parents
+        keep: on its compute device (resident), or in pinned host memory (stream; page-locked, so the copy to the
+        GPU runs asynchronously at full bus speed)."""
+        if isinstance(held, torch.Tensor):
+            return self._store(name, held)
+        return held.map(lambda t: self._store(name, t))
+
+    def _store(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         if self.mode == "resident":
             return tensor.to(self.compute[name])
-        host = tensor.to("cpu")
-        return host.pin_memory() if torch.cuda.is_available() else host
+        if not torch.cuda.is_available():
+            return tensor.to("cpu")
+        # one copy straight into page-locked memory (``.cpu().pin_memory()`` would copy twice)
+        return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor)
 
-    def tensors(self, names: Iterable[str], held: Callable[[str], Sequence[torch.Tensor]]
-                ) -> Iterator[tuple[str, tuple[torch.Tensor, ...]]]:
+    def tensors(self, names: Iterable[str], held: Callable[[str], Sequence[Any]]
+                ) -> Iterator[tuple[str, tuple[Any, ...]]]:
         """``(name, tensors)`` in order, each on the name's compute device. ``held(name)`` gives what the parents
         keep for a tensor (base and dense deltas, or low-rank factors): resident hands it over as it is; stream
         copies the next tensor's on a side CUDA stream while the caller merges the current one."""
@@ -123,8 +131,8 @@ class TensorPlacement:
         yield from prefetched(list(names), held, self.compute)
 
 
-def prefetched(names: list[str], held: Callable[[str], Sequence[torch.Tensor]],
-               compute: Mapping[str, torch.device]) -> Iterator[tuple[str, tuple[torch.Tensor, ...]]]:
+def prefetched(names: list[str], held: Callable[[str], Sequence[Any]],
+               compute: Mapping[str, torch.device]) -> Iterator[tuple[str, tuple[Any, ...]]]:
     """Double-buffered host -> device copies: the copy of tensor ``i + 1`` is issued (on a side CUDA stream)
     before tensor ``i`` is handed to the caller, and the caller's stream waits only for tensor ``i``'s copy.
 
@@ -133,7 +141,7 @@ def prefetched(names: list[str], held: Callable[[str], Sequence[torch.Tensor]],
     """
     sides: dict[torch.device, torch.cuda.Stream] = {}
 
-    def issue(name: str) -> tuple[str, tuple[torch.Tensor, ...], torch.cuda.Event | None]:
+    def issue(name: str) -> tuple[str, tuple[Any, ...], torch.cuda.Event | None]:
         device = compute[name]
         if device.type != "cuda":
             return name, tuple(t.to(device) for t in held(name)), None
@@ -142,6 +150,7 @@ def prefetched(names: list[str], held: Callable[[str], Sequence[torch.Tensor]],
             side = sides[device] = torch.cuda.Stream(device=device)
         # fresh allocations only: blocks freed by earlier tensors are reused safely thanks to record_stream below
         with torch.cuda.stream(side):
+            # tensors, or holders of several (TensorDeltas): anything with .to(device, non_blocking=...)
             copies = tuple(t.to(device, non_blocking=True) for t in held(name))
             done = torch.cuda.Event()
             done.record(side)
@@ -157,6 +166,7 @@ def prefetched(names: list[str], held: Callable[[str], Sequence[torch.Tensor]],
         if done is not None:
             stream = torch.cuda.current_stream(compute[name])
             stream.wait_event(done)
-            for t in copies:  # allocated on the side stream, used on this one: keep them until this one is done
-                t.record_stream(stream)
+            for item in copies:  # allocated on the side stream, used on this one: keep them until this one is done
+                for t in (item,) if isinstance(item, torch.Tensor) else item.tensors():
+                    t.record_stream(stream)
         yield name, copies
