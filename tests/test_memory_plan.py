@@ -98,8 +98,9 @@ def test_start_prints_the_plan_and_refuses_before_loading(tmp_path, family_7b, c
 def test_stream_on_cpu_only_is_a_clear_error(tmp_path, family_7b):
     base, models = family_7b
     space = _space(tmp_path, base, models, device="cpu", placement="stream")
-    with pytest.raises(UserError, match="no GPU"):
+    with pytest.raises(UserError, match="no GPU") as error:
         plan_for_space(load_space(space))
+    assert str(error.value).startswith(f"{space}: field 'placement': placement: stream")  # file, field once
 
 
 def test_gpus_per_worker_above_visible_is_refused(tmp_path, family_7b):

@@ -315,8 +315,9 @@ def plan_for_space(loaded: Any, *, gpu_memory: int | None = None, cpu_memory: in
                            cpu_memory=cpu_memory or (None if remote else host_memory_for(host_workers)),
                            batch=batch, seq=seq)
     except UserError as exc:
-        if exc.file is None:
-            raise UserError(str(exc).split(". Fix: ")[0], file=loaded.file, field=exc.field, fix=exc.fix) from None
+        if exc.file is None:  # name the space file; the message keeps its field and fix once
+            message = str(exc).split(". Fix: ")[0].removeprefix(f"field '{exc.field}': ")
+            raise UserError(message, file=loaded.file, field=exc.field, fix=exc.fix) from None
         raise
     return plan
 
