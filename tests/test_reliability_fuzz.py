@@ -71,7 +71,7 @@ def near(value: Any) -> st.SearchStrategy[Any]:
     if isinstance(value, bool):
         return st.booleans()
     if isinstance(value, int):
-        return st.integers(-2, 2 * value + 10)
+        return st.integers(min(-2, value), 2 * abs(value) + 10)
     if isinstance(value, float):
         return st.floats(-2.0, 2.0) | st.sampled_from([0.0, 1.0, float("nan"), float("inf")])
     if isinstance(value, str):
