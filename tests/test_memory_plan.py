@@ -177,3 +177,22 @@ def test_lora_adapters_are_planned_at_the_size_of_their_factors(tmp_path, family
     parents = Parents.load(base, [models[0], adapter], dtype=torch.float32, device="cpu")
     held = sum(d.nbytes for d in parents.deltas.values())
     assert parts["task vectors (2)"].nbytes == held < 2 * parents.model_nbytes()
+
+
+def test_a_pickled_base_is_planned_from_its_file_size(tmp_path, family):
+    """allow_pickle parents have no header: the plan falls back to file bytes (no unpickling)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    base, _ = family
+    folder = tmp_path / "pickled"
+    shutil.copytree(base, folder)
+    state = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    numel = sum(t.numel() for t in state.values())
+    shape = ParentsShape.from_folders(folder, [folder])
+    assert numel <= shape.float_numel < 1.1 * numel  # pickle framing adds a little (a lot less on real models)
+    assert shape.largest_numel < numel / 2
