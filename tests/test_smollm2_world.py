@@ -127,8 +127,8 @@ def test_training_is_deterministic_from_the_seed(tmp_path: Path) -> None:
 @pytest.mark.slow
 @needs_model
 def test_lora_space_runs_through_the_real_parts(tmp_path: Path) -> None:
-    """spaces/examples/smollm2_lora.yaml with 2 trials on 2 documents a task: the real model, adapters merged
-    into dense parents (until adapters are parents of their own), lm-eval in-process, Optuna's journal."""
+    """spaces/examples/smollm2_lora.yaml with 2 trials on 2 documents a task: the real base dequantized from the
+    GGUF, the committed LoRA adapters as parents, lm-eval in-process, Optuna's journal."""
     import optuna
     from optuna.trial import TrialState
 
@@ -140,10 +140,11 @@ def test_lora_space_runs_through_the_real_parts(tmp_path: Path) -> None:
 
     space_file = ROOT / "spaces" / "examples" / "smollm2_lora.yaml"
     data = yaml.safe_load(space_file.read_text())
-    links = link_models(tmp_path / "models")
+    links = link_models(tmp_path / "models", skills=())
     assert data["base_model"].endswith("/base") and set(data["models"]) == set(SKILLS)
+    assert all((space_file.parent / path).resolve() == adapter_dir(name) for name, path in data["models"].items())
     data["base_model"] = str(links["base"])
-    data["models"] = {name: str(links[name]) for name in data["models"]}
+    data["models"] = {name: str(adapter_dir(name)) for name in data["models"]}
     write_tasks(tmp_path / "tasks", n=2)
     for objective in data["objectives"]:
         objective["evaluator"]["include_path"] = str(tmp_path / "tasks")

@@ -2,8 +2,9 @@
 
     python -m search.worlds.smollm2.models [--out results/smollm2/models]
 
-A search reads dense fine-tunes (``search.weights.parents.Parents``); until adapters are parents of their own,
-each committed adapter is merged into the base once with PEFT (``merge_and_unload``) and saved in float32 under
+The example spaces name the committed adapters themselves (low-rank parents) and the base through the link
+``results/smollm2/models/base``. The world's table was built on the dense path, written before adapters were
+parents: each committed adapter merged into the base once with PEFT (``merge_and_unload``), in float32, under
 ``CACHE/smollm2-world/<skill>-<hash of the adapter>/`` (CACHE: ``$MERGE_SEARCH_CACHE`` or
 ``~/.cache/merge-search``; 0.54 GB a skill). ``link_models`` points ``<out>/base`` and ``<out>/<skill>`` at the
 cached folders, the paths the example spaces name.

@@ -63,20 +63,19 @@ class Scorer:
     def __init__(self, batch_size: int = 32) -> None:
         from evaluators.registry import build_evaluator
 
-        include = str(tasks_dir())
-        self.generative = build_evaluator({"type": "lm_eval", "task": list(GENERATIVE_TASKS.values()),
-                                           "include_path": include, "batch_size": batch_size})
-        self.loglikelihood = build_evaluator({"type": "lm_eval", "task": list(LOGLIKELIHOOD_TASKS.values()),
-                                              "include_path": include, "batch_size": batch_size})
+        common = {"type": "lm_eval", "include_path": str(tasks_dir()), "batch_size": batch_size,
+                  "split_map": {"search": "search", "select": "select", "test": "test"}}  # the three files
+        self.generative = build_evaluator({**common, "task": list(GENERATIVE_TASKS.values())})
+        self.loglikelihood = build_evaluator({**common, "task": list(LOGLIKELIHOOD_TASKS.values())})
         self.fluency = build_evaluator({"type": "perplexity", "data": FLUENCY_TEXT, "max_length": 256,
                                         "batch_size": 8})
 
     def test_row(self, model: Any, tok: Any, limit: int | None) -> Row:
         """Every column on the held-out ``test`` documents (the first ``limit`` of them, all when None)."""
-        got = self.generative.score(model, tok, "heldout", limit=limit)
+        got = self.generative.score(model, tok, "test", limit=limit)
         row = {s: got[f"{GENERATIVE_TASKS[s]}/{METRICS[s]}"] for s in SKILLS}
         row["mean"] = sum(row[s] for s in TASK_SKILLS) / len(TASK_SKILLS)
-        row["perplexity"] = self.fluency.score(model, tok, "heldout", limit=FLUENCY_DOCS)["perplexity"]
+        row["perplexity"] = self.fluency.score(model, tok, "test", limit=FLUENCY_DOCS)["perplexity"]
         return row
 
     def search_value(self, model: Any, tok: Any, limit: int) -> float:
@@ -135,10 +134,12 @@ def available_skills() -> list[str]:
 
 
 def build_rows(*, limit: int | None, budget: int, search_limit: int, cache: RowCache, part: str = "all",
-               log: Callable[[str], None] = print) -> tuple[dict[str, Row], str, dict[str, float]]:
+               only: set[str] | None = None, log: Callable[[str], None] = print
+               ) -> tuple[dict[str, Row], str, dict[str, float]]:
     """Every row of the table, a note on the λ search and the λs it chose. ``part="single"``: only the base and
     the adapters trained so far, each alone; ``part="merges"``: only the merges (so that two processes can
-    share the work through the cache); ``"all"``: everything, reusing what the cache holds."""
+    share the work through the cache); ``"all"``: everything, reusing what the cache holds. ``only``: score just
+    the rows with these labels (``adapter add``, ``task arithmetic λ=0.5``, ...), for several processes."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -163,6 +164,8 @@ def build_rows(*, limit: int | None, budget: int, search_limit: int, cache: RowC
         log("base")
         rows["base"] = cache.get("base", weights_spec({}), lambda: single(base))
         for s in available_skills() if part == "single" else SKILLS:
+            if only is not None and f"adapter {s}" not in only:
+                continue
             log(f"adapter {s}")
             rows[f"adapter {s}"] = cache.get(f"adapter {s}", weights_spec({s: 1.0}),
                                              lambda s=s: single(dense_folder(s)))
@@ -178,6 +181,8 @@ def build_rows(*, limit: int | None, budget: int, search_limit: int, cache: RowC
         return timed(model)
 
     for label, spec in hand_set().items():
+        if only is not None and label not in only:
+            continue
         log(label)
         rows[label] = cache.get(label, spec, lambda spec=spec: merged(spec))
 
@@ -268,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, default=Path("results/smollm2/table.json"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=Path("results/smollm2/rows"), help="scored rows, reused")
+    ap.add_argument("--only", default=None, help="comma-separated row labels to score (several processes)")
     ap.add_argument("--part", choices=("all", "single", "merges"), default="all",
                     help="single: the base and the adapters trained so far (while the others train); merges: only "
                          "the merges (a second process); all: every row, reusing the cache, and write the README")
@@ -281,7 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     args.limit = args.limit or None
     cache = RowCache(args.cache, args.limit)
     rows, note, lams = build_rows(limit=args.limit, budget=args.budget, search_limit=args.search_limit,
-                                  cache=cache, part=args.part)
+                                  cache=cache, part=args.part,
+                                  only=set(args.only.split(",")) if args.only else None)
     if args.part != "all":
         print(json.dumps(rows, indent=1))
         return
