@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, default=Path("results/smollm2/table.json"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=Path("results/smollm2/rows"), help="scored rows, reused")
-    ap.add_argument("--only", default=None, help="comma-separated row labels to score (several processes)")
+    ap.add_argument("--only", default=None, help="row labels to score, separated by ; (several processes)")
     ap.add_argument("--part", choices=("all", "single", "merges"), default="all",
                     help="single: the base and the adapters trained so far (while the others train); merges: only "
                          "the merges (a second process); all: every row, reusing the cache, and write the README")
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     cache = RowCache(args.cache, args.limit)
     rows, note, lams = build_rows(limit=args.limit, budget=args.budget, search_limit=args.search_limit,
                                   cache=cache, part=args.part,
-                                  only=set(args.only.split(",")) if args.only else None)
+                                  only=set(args.only.split(";")) if args.only else None)
     if args.part != "all":
         print(json.dumps(rows, indent=1))
         return
