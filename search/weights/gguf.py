@@ -105,7 +105,7 @@ def dequantized_folder(path: str | Path, *, dtype: str = "float32", cache_dir: s
     """The HF folder of the GGUF model at ``path`` in ``dtype``, converting it on the first call only."""
     source = gguf_file(path, file=file, field=field)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / "gguf" / f"{file_hash(source)[:24]}-{dtype}"
+    target = root / "gguf" / f"{file_hash(source)[:24]}-{dtype}-v2"
     if (target / _DONE).exists():
         return target
     try:
@@ -130,6 +130,9 @@ def dequantized_folder(path: str | Path, *, dtype: str = "float32", cache_dir: s
                             fix="give a GGUF of an architecture transformers supports (llama, mistral, qwen2, "
                                 "gemma, phi3, ...), or convert it to a safetensors HF folder first") from None
         model.hf_quantizer = None  # a GGUF-loaded model refuses save_pretrained until this is cleared
+        # the saved folder holds plain weights: without this entry a model loaded from it counts as quantized
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.config.dtype = dtype
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
