@@ -1,6 +1,6 @@
 """The SmolLM2 world's models as plain HF folders: the base, and each adapter merged into it (dense parents).
 
-    python -m search.worlds.smollm2.models [--out results/smollm2/models]
+    python -m search.worlds.smollm2.models [--out results/smollm2/models] [--base-only]
 
 The example spaces name the committed adapters themselves (low-rank parents) and the base through the link
 ``results/smollm2/models/base``. The world's table was built on the dense path, written before adapters were
@@ -89,8 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m search.worlds.smollm2.models", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_LINKS)
+    ap.add_argument("--base-only", action="store_true",
+                    help="link only the dequantized base (all the example spaces need; no dense copies)")
     args = ap.parse_args(argv)
-    for name, link in link_models(args.out).items():
+    for name, link in link_models(args.out, () if args.base_only else tuple(SKILLS)).items():
         print(f"{name}: {link} -> {os.readlink(link)}")
 
 
