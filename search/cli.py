@@ -247,9 +247,7 @@ def status(run_dir: Path = typer.Argument(..., help="run folder")) -> None:
     from rich.console import Console
 
     from search.study.progress import render_status, status_of
-    from search.study.storage import load_run_space
-
-    from search.study.storage import driver_of
+    from search.study.storage import driver_of, load_run_space
 
     space = load_run_space(run_dir)
     study = _load_study(run_dir, space)

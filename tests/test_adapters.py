@@ -171,3 +171,18 @@ def test_factor_bytes_from_the_adapter_header(parents: Parents, lora_world: tupl
         held = sum(sum(u.numel() + d.numel() for i, (u, d) in tv.factors.items() if i == 1) * 4
                    for tv in parents.deltas.values())
         assert rslora.factor_nbytes(4) == held
+
+
+def test_a_parent_equal_to_the_base_warns(tmp_path: Path, lora_world: tuple[Path, list[Path]]) -> None:
+    import shutil
+    import warnings
+
+    base, adapters = lora_world
+    shutil.copytree(base, tmp_path / "same")
+    with pytest.warns(UserWarning, match="identical to the base"):
+        Parents.load(base, [tmp_path / "same"], dtype=torch.float32, device="cpu")     # full fine-tunes only
+    with pytest.warns(UserWarning, match=r"models\[0\].*identical to the base"):
+        Parents.load(base, [tmp_path / "same", adapters[0]], dtype=torch.float32, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        Parents.load(base, [adapters[0]], dtype=torch.float32, device="cpu")

@@ -3,7 +3,7 @@
 - SIGKILL at seeded random points of a running driver (between and during journal writes; a kill during a write
   is also made certain by tearing the last record at a random byte), then resume: no finished trial lost or
   changed, no proposal repeated, the budget reached;
-- a torn last record at a sample of the byte offsets of the last record: status still reads the run, resume
+- a torn last record (a trial's final write) at a sample of its byte offsets: status still reads the run, resume
   cuts the torn bytes off (keeping the original as a backup) and goes on;
 - damage in the middle (what older versions left after appending to a torn record): refused with the repair
   command, which recovers around it.
@@ -55,6 +55,14 @@ def last_record(journal: Path) -> tuple[int, int]:
     data = journal.read_bytes()
     start = data.rstrip(b"\n").rfind(b"\n") + 1
     return start, len(data) - start
+
+
+def last_tell(journal: Path) -> tuple[int, int]:
+    """(offset, length) of the last record that finishes a trial (Optuna's SET_TRIAL_STATE_VALUES, op 6): a kill
+    inside that write leaves the trial running and nothing after it."""
+    data = journal.read_bytes()
+    start = data.rfind(b'\n{"op_code":6,') + 1
+    return start, data.index(b"\n", start) + 1 - start
 
 
 def tear(journal: Path, keep: int) -> bytes:
@@ -130,7 +138,7 @@ def copy_run(done: Path, to: Path) -> Path:
 def test_torn_last_record_at_sampled_offsets(done_run: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     journal = done_run / "run" / JOURNAL
-    start, length = last_record(journal)
+    start, length = last_tell(journal)
     rng = random.Random(SEED)
     offsets = sorted({1, length - 1, *rng.sample(range(2, length - 1), min(22, length - 3))})
     pristine = finished(done_run / "run")
@@ -143,7 +151,7 @@ def test_torn_last_record_at_sampled_offsets(done_run: Path, tmp_path: Path,
         assert (run_dir / JOURNAL).read_bytes() == torn
         code, out = cli(["resume", str(run_dir), "--quiet", "--no-select"], capsys)
         assert code == 0, f"offset {offset}: {out}"
-        assert "last record was torn" in out and f"cut off its {offset} bytes" in out, out
+        assert "last record was torn" in out and f"cut off its {offset} bytes" in out, out  # (the torn part)
         backups = list(run_dir.glob(JOURNAL + ".torn-*"))
         assert len(backups) == 1 and backups[0].read_bytes() == torn, "the original is kept beside the journal"
         assert check_journal(run_dir / JOURNAL).healthy, f"offset {offset}: the journal is not whole"
@@ -156,8 +164,8 @@ def test_torn_last_record_at_sampled_offsets(done_run: Path, tmp_path: Path,
             assert after[n][3].get("interrupted"), f"offset {offset}: trial {n} changed without being retried"
         assert len(counted_trials(run_dir)) == 4, f"offset {offset}: the budget is not reached"
         assert_no_proposal_repeated(trials_of(run_dir))
-        assert len(cut) == length - offset
-    report(capsys, f"torn last record: {len(offsets)} byte offsets of a {length}-byte record "
+        assert len(cut) >= length - offset
+    report(capsys, f"torn last record: {len(offsets)} byte offsets of a trial's final {length}-byte record "
                    f"({offsets[0]}..{offsets[-1]}), each resumed to the budget, 0 finished trials lost")
 
 

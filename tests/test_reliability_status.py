@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from reliability_world import cli, counted_trials, finished, make_world, spawn, trials_of, write_space
 
-from search.study.storage import JOURNAL, LOCK, driver_of
+from search.study.storage import JOURNAL, LOCK, check_journal, driver_of
 
 
 @pytest.fixture()
@@ -98,6 +98,11 @@ def test_finished_run_is_not_run_again(world: Path, capsys: pytest.CaptureFixtur
     assert (run_dir / JOURNAL).read_bytes() == journal, "a finished run appended to its journal"
     code, out = cli(["status", str(run_dir)], capsys)
     assert code == 0 and "finished" in out and "2/2 (0 left)" in out, out
+    # a torn last record is cut off even when the run turns out finished (nothing appended after it either)
+    (run_dir / JOURNAL).write_bytes(journal[:-5])
+    code, out = cli(["start", str(space), "--quiet", "--no-select"], capsys)
+    assert code == 0 and "last record was torn" in out, out
+    assert check_journal(run_dir / JOURNAL).healthy and len(counted_trials(run_dir)) == 2
     # a larger budget resumes it
     code, out = cli(["start", str(write_space(world, budget={"trials": 3})), "--quiet", "--no-select"], capsys)
     assert code == 0 and "3 trials" in out, out

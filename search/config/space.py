@@ -389,8 +389,12 @@ def load_space(path: str | Path, *, output: str | Path | None = None) -> LoadedS
         if must_exist and not p.exists():
             raise located(UserError(f"path '{value}' does not exist (resolved to {p})", file=path, field=field,
                                     fix="give a local Hugging Face model folder, relative to the space file"))
-        # a GGUF parent is read from its dequantized, cached HF folder (converted once)
-        return model_folder(p, dtype=space.dtype, file=path, field=field) if must_exist else p
+        if not must_exist:
+            return p
+        try:  # a GGUF parent is read from its dequantized, cached HF folder (converted once)
+            return model_folder(p, dtype=space.dtype, file=path, field=field)
+        except UserError as exc:
+            raise located(exc) from None
 
     models = {name: resolve(p, f"models.{name}") for name, p in space.models.items()}
     out = Path(output) if output is not None else resolve(space.output, "output", must_exist=False)

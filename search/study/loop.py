@@ -411,6 +411,9 @@ def run_study(loaded: LoadedSpace, *, backend: Backend | None = None, progress: 
     try:
         # Everything that can refuse bad input runs before any model is loaded or the run folder is written.
         plan = validate_run(loaded)
+        note = storage.repair_before_start(loaded.output, space)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         finished = finished_run(loaded, select=select)
         if finished is not None:
             return finished

@@ -323,6 +323,16 @@ def repair_torn_tail(path: Path, run_dir: Path) -> str | None:
             f"the original is kept as {backup.name}. The trial it belonged to is retried.")
 
 
+def repair_before_start(run_dir: Path, space: Space | None = None) -> str | None:
+    """Cut a torn last record (:func:`repair_torn_tail`) under the run lock, before a start reads the study — also
+    when the run turns out finished and appends nothing. Returns the note for the user, or None."""
+    journal = journal_path(run_dir, space)
+    if journal is None or not journal.exists() or check_journal(journal).torn_tail is None:
+        return None
+    with run_lock(run_dir):
+        return repair_torn_tail(journal, run_dir)
+
+
 @dataclass
 class Repair:
     """What :func:`repair_journal` did."""

@@ -113,7 +113,11 @@ def _task_numel(model: str | Path, tensors: dict[str, tuple[str, int]], dense: i
 
     if not is_adapter(model):
         return dense
-    with LoraAdapter.open(model) as adapter:
+    try:
+        adapter = LoraAdapter.open(model)
+    except UserError:  # refused, naming its field, by the parents check; planned as dense until then
+        return dense
+    with adapter:
         return adapter.factor_nbytes(1) + sum(tensors[n][1] for n in adapter.replacements if n in tensors)
 
 
@@ -315,8 +319,9 @@ def plan_for_space(loaded: Any, *, gpu_memory: int | None = None, cpu_memory: in
                            cpu_memory=cpu_memory or (None if remote else host_memory_for(host_workers)),
                            batch=batch, seq=seq)
     except UserError as exc:
-        if exc.file is None:
-            raise UserError(str(exc).split(". Fix: ")[0], file=loaded.file, field=exc.field, fix=exc.fix) from None
+        if exc.file is None:  # name the space file; the message keeps its field and fix once
+            message = str(exc).split(". Fix: ")[0].removeprefix(f"field '{exc.field}': ")
+            raise UserError(message, file=loaded.file, field=exc.field, fix=exc.fix) from None
         raise
     return plan
 
@@ -379,12 +384,32 @@ def header_tensors(folder: str | Path) -> dict[str, tuple[str, int]]:
     elif (folder / "model.safetensors").exists():
         files = ["model.safetensors"]
     else:
-        raise UserError(f"'{folder}' has no safetensors weights to plan from", field="base_model",
-                        fix="convert the base to safetensors (save_pretrained(..., safe_serialization=True))")
+        return _pickle_estimate(folder)
     out: dict[str, tuple[str, int]] = {}
     for name in files:
         out.update(read_safetensors_header(folder / name))
     return out
+
+
+def _pickle_estimate(folder: Path) -> dict[str, tuple[str, int]]:
+    """A pickled checkpoint (``allow_pickle``) has no header to read without unpickling: its files' bytes at the
+    dtype its config names stand in, as the embedding (vocab x hidden) and one lump per decoder layer (so the
+    largest "tensor" is a whole layer: a conservative scratch)."""
+    from search.weights.dtypes import config_dtype_name
+
+    files = sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise UserError(f"'{folder}' has no weights to plan from (no *.safetensors, no pytorch_model*.bin)",
+                        field="base_model", fix="point to a folder saved with save_pretrained()")
+    code = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[config_dtype_name(folder)]
+    total = sum(f.stat().st_size for f in files) // _SAFE_BYTES[code]
+    config = _text_config(folder)
+    embedding = int(config.get("vocab_size") or 0) * int(config.get("hidden_size") or config.get("n_embd") or 0)
+    layers = max(1, int(config.get("num_hidden_layers") or config.get("n_layer") or 1))
+    embedding = min(embedding, total)
+    rest = total - embedding
+    lumps = {f"(layer {i})": (code, rest // layers + (1 if i < rest % layers else 0)) for i in range(layers)}
+    return {"(embedding)": (code, embedding), **lumps}
 
 
 def read_safetensors_header(file: str | Path) -> dict[str, tuple[str, int]]:

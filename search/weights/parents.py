@@ -85,6 +85,8 @@ class Parents:
             deltas: dict[str, TensorDeltas] = {}
             fixed: dict[str, torch.Tensor] = {}
             moved = [False] * len(models)
+            all_full = reference.adapter is None and all(m.adapter is None and m.checkpoint is not None
+                                                         for m in models)
             for name in names:
                 # read where it will be merged (resident) or on the CPU, then pinned (stream)
                 dev = compute[name] if placement == "resident" else torch.device("cpu")
@@ -93,12 +95,16 @@ class Parents:
                     fixed[name] = dense
                     continue
                 dense = dense.to(dtype)
-                parts = delta_parts(reference, models, name, dense, dtype=dtype, device=dev)
-                for i, (d, f) in enumerate(parts):
-                    moved[i] = moved[i] or _nonzero(d) or (f is not None and _nonzero(f[0]))
-                if all(d is not None and f is None for d, f in parts):
-                    deltas[name] = TensorDeltas.from_dense(torch.stack([d for d, _ in parts]))  # type: ignore[misc]
+                if all_full:  # full fine-tunes only: subtract straight into one stack (no second copy)
+                    stacked = torch.empty((len(models), *dense.shape), dtype=dtype, device=dev)
+                    for i, m in enumerate(models):
+                        torch.sub(m.dense_value(name, reference, dtype=dtype, device=dev), dense, out=stacked[i])
+                        moved[i] = moved[i] or _nonzero(stacked[i])
+                    deltas[name] = TensorDeltas.from_dense(stacked)
                 else:
+                    parts = delta_parts(reference, models, name, dense, dtype=dtype, device=dev)
+                    for i, (d, f) in enumerate(parts):
+                        moved[i] = moved[i] or _nonzero(d) or (f is not None and _nonzero(f[0]))
                     deltas[name] = TensorDeltas.build(dense.shape, parts, dtype=dtype, device=dev)
                 base[name] = base_value(reference, name, dtype=dtype, device=dev) \
                     if reference.adapter is not None else dense
@@ -106,6 +112,7 @@ class Parents:
                     base[name], deltas[name] = keep.store(name, base[name]), keep.store(name, deltas[name])
         finally:
             checked.close()
+
         def where(ref: ParentRef) -> tuple[Path | None, Path | None]:
             return tuple(None if p is None else Path(p).resolve() for p in (ref.model, ref.adapter))  # type: ignore
 
