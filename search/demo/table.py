@@ -23,6 +23,7 @@ from search.demo import CONFLICT, FINETUNES, demo_tasks_dir
 from search.demo.merges import World, hand_set_merges, lambda_search, load_world, task_arithmetic
 from search.demo.skills import Split
 from search.demo.tasks import GENERATIVE_TASKS, on_split
+from search.report.readme_block import write_marked_block
 
 START, END = "<!-- demo-table:start -->", "<!-- demo-table:end -->"
 METRIC = "exact_match,strip"
@@ -104,14 +105,7 @@ def render(rows: Mapping[str, Mapping[str, float]], note: str) -> str:
 
 def write_block(readme: Path, block: str) -> None:
     """Replace the text between the markers (appending a section with them when they are missing)."""
-    text = readme.read_text() if readme.exists() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        text = f"{head}{START}\n{block}\n{END}{tail}"
-    else:
-        text = f"{text.rstrip()}\n\n## Demo tasks\n\n{START}\n{block}\n{END}\n"
-    readme.write_text(text)
+    write_marked_block(readme, block, start=START, end=END, heading="Demo tasks")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from search.merging.spec import MergeSpec
+from search.report.readme_block import write_marked_block
 from search.worlds.smollm2 import WORLD_DIR, base_folder, tasks_dir
 from search.worlds.smollm2.skills import ALIGNMENT, SKILLS, TASK_SKILLS
 from search.worlds.smollm2.tasks import GENERATIVE_TASKS, LOGLIKELIHOOD_TASKS, METRICS
@@ -252,14 +253,7 @@ def render(rows: Mapping[str, Row], note: str, check: Mapping[str, Any], *, limi
 
 def write_block(readme: Path, block: str) -> None:
     """Replace the text between the markers (appending them when missing)."""
-    text = readme.read_text() if readme.exists() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        text = f"{head}{START}\n{block}\n{END}{tail}"
-    else:
-        text = f"{text.rstrip()}\n\n## Table\n\n{START}\n{block}\n{END}\n"
-    readme.write_text(text)
+    write_marked_block(readme, block, start=START, end=END, heading="Table")
 
 
 def main(argv: list[str] | None = None) -> None:
