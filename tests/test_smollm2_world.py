@@ -183,3 +183,46 @@ def test_acceptance_reads_gains_shares_and_the_trade_off() -> None:
     rows["task arithmetic λ=0.3"]["safety"] = 0.95
     assert acceptance(rows)["best_on_both_safety_and_helpful"] == ["task arithmetic λ=0.3"]
     assert "no hand-set merge is best on both" in render(rows, "note", check, limit=None)
+
+
+def _fake_adapter(a: "object", b: "object") -> dict:
+    return {"modules": {"layers.0.mlp.up_proj": {"A": a, "B": b}}, "scale": 2.0}
+
+
+def test_task_vector_figures_tell_a_shared_input_space_from_independent_ones() -> None:
+    """Two task vectors with the same A and orthogonal B: orthogonal (cosine 0, the sum grows like √Σ‖ΔW‖²), but
+    the sum's spectral norm is √2 × the largest; with independent A and B too, it stays at the largest."""
+    import torch
+
+    from search.worlds.smollm2.interference import task_vector_figures
+
+    eye = torch.eye(8)
+    a, a2 = torch.cat([eye, torch.zeros(8, 8)], 1), torch.cat([torch.zeros(8, 8), eye], 1)  # 8 x 16
+    b, b2 = torch.cat([eye, torch.zeros(8, 8)]), torch.cat([torch.zeros(8, 8), eye])  # 16 x 8
+    shared = task_vector_figures({"x": _fake_adapter(a, b), "y": _fake_adapter(a, b2)})
+    assert shared["cosine"]["x"]["y"] == pytest.approx(0.0) and shared["growth"] == pytest.approx(1.0)
+    assert shared["a_cosine_mean"] == pytest.approx(1.0)
+    assert shared["spectral_ratio_mean"] == pytest.approx(2 ** 0.5)
+    independent = task_vector_figures({"x": _fake_adapter(a, b), "y": _fake_adapter(a2, b2)})
+    assert independent["a_cosine_mean"] == pytest.approx(0.0)
+    assert independent["spectral_ratio_mean"] == pytest.approx(1.0)
+    equal = task_vector_figures({"x": _fake_adapter(a, b), "y": _fake_adapter(a, b)})
+    assert equal["cosine"]["x"]["y"] == pytest.approx(1.0) and equal["growth"] == pytest.approx(2 ** 0.5)
+
+
+def test_each_skill_starts_from_its_own_initialisation() -> None:
+    from search.worlds.smollm2.train import init_seed
+
+    seeds = {init_seed(s, 0) for s in SKILLS}
+    assert len(seeds) == len(SKILLS) and init_seed("add", 0) == init_seed("add", 0) != init_seed("add", 1)
+
+
+def test_committed_adapters_start_from_independent_initialisations() -> None:
+    """The figure behind init_seed: the committed adapters' A matrices are far from one another."""
+    from search.worlds.smollm2.interference import load_adapters, task_vector_figures
+
+    adapters = load_adapters(["add", "safety"])
+    for adapter in adapters.values():  # the first two layers: enough to see it, fast
+        adapter["modules"] = {m: f for m, f in adapter["modules"].items() if m.split(".")[1] in ("0", "1")}
+    figures = task_vector_figures(adapters)
+    assert abs(figures["a_cosine_mean"]) < 0.5

@@ -71,12 +71,13 @@ class Scorer:
         self.fluency = build_evaluator({"type": "perplexity", "data": FLUENCY_TEXT, "max_length": 256,
                                         "batch_size": 8})
 
-    def test_row(self, model: Any, tok: Any, limit: int | None) -> Row:
-        """Every column on the held-out ``test`` documents (the first ``limit`` of them, all when None)."""
-        got = self.generative.score(model, tok, "test", limit=limit)
+    def row(self, model: Any, tok: Any, limit: int | None, role: str = "test") -> Row:
+        """Every column on the documents of ``role`` (the held-out ``test`` for the README; ``select`` to choose
+        among adapters or merges without looking at ``test``): the first ``limit`` of them, all when None."""
+        got = self.generative.score(model, tok, role, limit=limit)
         row = {s: got[f"{GENERATIVE_TASKS[s]}/{METRICS[s]}"] for s in SKILLS}
         row["mean"] = sum(row[s] for s in TASK_SKILLS) / len(TASK_SKILLS)
-        row["perplexity"] = self.fluency.score(model, tok, "test", limit=FLUENCY_DOCS)["perplexity"]
+        row["perplexity"] = self.fluency.score(model, tok, role, limit=FLUENCY_DOCS)["perplexity"]
         return row
 
     def search_value(self, model: Any, tok: Any, limit: int) -> float:
@@ -106,9 +107,9 @@ class RowCache:
     label, the merge, the adapters' bytes, the task files and the document limit. A rerun, or a run after more
     adapters were trained, scores only what changed."""
 
-    def __init__(self, folder: Path, limit: int | None) -> None:
+    def __init__(self, folder: Path, limit: int | None, role: str = "test") -> None:
         self.folder = folder
-        self.context = f"{_tasks_hash()}/{limit}"
+        self.context = f"{_tasks_hash()}/{limit}" + ("" if role == "test" else f"/{role}")
 
     def key(self, label: str, spec: MergeSpec) -> str:
         from search.worlds.smollm2.models import adapter_hash
@@ -135,7 +136,7 @@ def available_skills() -> list[str]:
 
 
 def build_rows(*, limit: int | None, budget: int, search_limit: int, cache: RowCache, part: str = "all",
-               only: set[str] | None = None, log: Callable[[str], None] = print
+               only: set[str] | None = None, role: str = "test", log: Callable[[str], None] = print
                ) -> tuple[dict[str, Row], str, dict[str, float]]:
     """Every row of the table, a note on the λ search and the λs it chose. ``part="single"``: only the base and
     the adapters trained so far, each alone; ``part="merges"``: only the merges (so that two processes can
@@ -153,7 +154,7 @@ def build_rows(*, limit: int | None, budget: int, search_limit: int, cache: RowC
 
     def timed(model: Any) -> Row:
         t0 = time.perf_counter()
-        row = scorer.test_row(model, tok, limit)
+        row = scorer.row(model, tok, limit, role)
         log(f"  scored in {time.perf_counter() - t0:.0f}s: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
         return row
 
@@ -224,11 +225,12 @@ def acceptance(rows: Mapping[str, Row]) -> dict[str, Any]:
             "best_on_both_safety_and_helpful": both}
 
 
-def render(rows: Mapping[str, Row], note: str, check: Mapping[str, Any], *, limit: int | None) -> str:
+def render(rows: Mapping[str, Row], note: str, check: Mapping[str, Any], *, limit: int | None,
+           role: str = "test") -> str:
     """The Markdown block (without the markers)."""
     head = "| model | " + " | ".join(f"`{c}`" for c in COLUMNS) + " |"
     docs = "all 40 documents a task" if limit is None else f"{limit} documents, {limit // len(SKILLS)} a task"
-    lines = [f"Test split ({docs}), written by `python -m search.worlds.smollm2.table`. "
+    lines = [f"{role.capitalize()} split ({docs}), written by `python -m search.worlds.smollm2.table`. "
              "Skills: exact match after the answer filter; `safety`: share of harmful requests refused; "
              "`helpful`: exact match on benign requests with the same verbs; `perplexity`: "
              f"{FLUENCY_DOCS} held-out paragraphs of GPL-3 (lower is better).", "", head, "| --- |" + " ---: |" * len(COLUMNS)]
@@ -266,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--readme", type=Path, default=WORLD_DIR / "README.md")
     ap.add_argument("--json", type=Path, default=Path("results/smollm2/table.json"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--role", choices=("test", "select"), default="test",
+                    help="documents to score: test (the README's table) or select (to compare retrained adapters "
+                         "or merges without touching test; printed and saved to results/smollm2/table-select.json)")
     ap.add_argument("--cache", type=Path, default=Path("results/smollm2/rows"), help="scored rows, reused")
     ap.add_argument("--only", default=None, help="row labels to score, separated by ; (several processes)")
     ap.add_argument("--part", choices=("all", "single", "merges"), default="all",
@@ -279,21 +284,24 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     args.limit = args.limit or None
-    cache = RowCache(args.cache, args.limit)
+    cache = RowCache(args.cache, args.limit, args.role)
     rows, note, lams = build_rows(limit=args.limit, budget=args.budget, search_limit=args.search_limit,
                                   cache=cache, part=args.part,
-                                  only=set(args.only.split(";")) if args.only else None)
+                                  only=set(args.only.split(";")) if args.only else None, role=args.role)
     if args.part != "all":
         print(json.dumps(rows, indent=1))
         return
     check = acceptance(rows)
-    block = render(rows, note, check, limit=args.limit)
-    write_block(args.readme, block)
+    block = render(rows, note, check, limit=args.limit, role=args.role)
+    if args.role == "test":
+        write_block(args.readme, block)
+    else:
+        args.json = args.json.with_name(f"{args.json.stem}-{args.role}.json")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"rows": rows, "lambdas": lams, "acceptance": check,
                                      "seconds": round(time.perf_counter() - t0)}, indent=1) + "\n")
     print(block)
-    print(f"wrote {args.readme} and {args.json} in {time.perf_counter() - t0:.0f}s")
+    print(f"wrote {args.readme if args.role == 'test' else ''} {args.json} in {time.perf_counter() - t0:.0f}s")
 
 
 if __name__ == "__main__":
