@@ -37,7 +37,7 @@ def make_world(root: Path) -> Path:
     rng = random.Random(0)
     tasks = root / "tasks"
     tasks.mkdir()
-    _jsonl(tasks / "sums.jsonl", [{"question": f"{a}+{b}=", "answer": str(a + b)} for a in range(10, 22)
+    _jsonl(tasks / "sums.jsonl", [{"question": f"{a}+{b}=", "answer": str(a + b)} for a in range(10, 16)
                                   for b in range(10, 14)])
     (tasks / "t_sum.yaml").write_text(
         "task: t_sum\ndataset_path: json\n"
@@ -54,7 +54,7 @@ def write_space(root: Path, family: tuple[Path, list[Path]], **changes: Any) -> 
     base, fts = family
     space: dict[str, Any] = {
         "base_model": str(base),
-        "models": {"a": str(fts[0]), "b": str(fts[1]), "c": str(fts[2])},
+        "models": {name: str(p) for name, p in zip("abc", fts)},
         "methods": {"fisher": {"weight": [0.2, 1.0]}, "regmean": {"alpha": [0.2, 0.95]}},
         "granularity": {"layer_groups": 2},
         "objectives": [{"name": "sum", "evaluator": {"type": "lm_eval", "task": "t_sum",
@@ -174,7 +174,8 @@ def test_the_statistics_are_the_search_documents_fisher_and_grams_of_each_parent
 @pytest.mark.slow
 def test_each_trial_is_the_closed_form_of_its_method(searched: dict[str, Any],
                                                      family: tuple[Path, list[Path]]) -> None:
-    from search.statistics.store import load_statistics
+    from search.export.folder import attach_run_statistics
+    from search.selection.select import loaded_from_run
     from search.weights.parents import Parents
 
     run_dir, loaded = searched["run_dir"], searched["loaded"]
@@ -186,8 +187,9 @@ def test_each_trial_is_the_closed_form_of_its_method(searched: dict[str, Any],
     norms = torch.stack([torch.cat([v.flatten() for k, v in sorted(fisher.items()) if k.startswith(f"{i}/")])
                          .double().norm() for i in range(3)])
     parents = Parents.load(base, fts, dtype=torch.float32, device="cpu")
-    for path in paths.values():
-        parents.attach_statistics(load_statistics(path, 3))
+    # as `search export` finds them: the key from the run's resolved.json
+    attach_run_statistics(parents, loaded_from_run(run_dir), "float32", {"fisher"})
+    assert sorted(parents.statistics) == ["fisher", "gram"]
     plan = build_plan(loaded.space, num_layers=4)
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir))
     methods = set()
@@ -209,3 +211,67 @@ def test_each_trial_is_the_closed_form_of_its_method(searched: dict[str, Any],
                 expected = thetas.mean(0)
             torch.testing.assert_close(merged[name], expected, rtol=1e-5, atol=1e-6, msg=f"{spec.method} {name}")
     assert methods == {"fisher", "regmean"}
+
+
+def _merged_folder(base: Path, adapter: Path, out: Path) -> Path:
+    """The adapter merged into its base by PEFT (merge_and_unload), saved as a dense HF folder."""
+    from peft import PeftModel
+    from tiny import save_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().save_pretrained(str(out))
+    save_tokenizer(out)
+    return out
+
+
+@pytest.mark.slow
+def test_lora_parents_have_the_statistics_and_merges_of_their_merged_weights(tmp_path: Path) -> None:
+    """A LoRA parent is run with its adapter applied: its Fisher and Grams are those of PEFT's merged model, and
+    fisher/regmean merge the adapters' merged weights (dense: the result is a full model, not an adapter)."""
+    from lora_world import LLAMA_LINEARS, make_adapter, make_base
+
+    from search.merging.spec import MergeSpec
+    from search.statistics.calibration import jsonl_texts
+    from search.study.trial import Worker, WorkerConfig
+
+    base = make_base(tmp_path / "base")
+    adapters = [make_adapter(base, tmp_path / "every", seed=1, target_modules=LLAMA_LINEARS),
+                make_adapter(base, tmp_path / "qv", seed=2)]
+    make_world(tmp_path)
+    loaded = load_space(write_space(
+        tmp_path, (base, adapters), models={"every": str(adapters[0]), "qv": str(adapters[1])},
+        calibration={"jsonl": "texts.jsonl", "documents": 6, "max_length": 24},
+        objectives=[{"name": "ppl", "evaluator": {"type": "perplexity", "data": "texts.jsonl", "max_length": 24},
+                     "metric": "perplexity", "direction": "minimize"}]))
+    worker = Worker(WorkerConfig.from_space(loaded, device="cpu"))
+    assert worker.compute_statistics(progress=False) == {"fisher": "computed", "gram": "computed"}
+    texts = jsonl_texts(loaded.space.calibration, loaded.file)
+    assert len(texts) == 6
+    held = worker.parents.statistics
+    dense = [_merged_folder(base, a, tmp_path / f"dense{i}") for i, a in enumerate(adapters)]
+    for i, folder in enumerate(dense):
+        ref_fisher, ref_gram = reference_statistics(folder, texts, max_length=24)
+        for name, value in ref_fisher.items():
+            torch.testing.assert_close(held["fisher"].per_tensor[name][i], value, rtol=1e-4, atol=1e-9, msg=name)
+        for name, value in ref_gram.items():
+            torch.testing.assert_close(held["gram"].per_tensor[name][i], value, rtol=1e-5, atol=1e-6, msg=name)
+    states = [load_state(d) for d in dense]
+    spec = MergeSpec(method="regmean", parameters={"alpha": 0.7}, model_parameters=({}, {}))
+    merged = worker.parents.merged_state(spec)
+    name = "model.layers.1.self_attn.q_proj.weight"
+    expected = regmean_merge([s[name] for s in states], [held["gram"].per_tensor[name][i] for i in range(2)],
+                             alpha=0.7)
+    torch.testing.assert_close(merged[name], expected, rtol=1e-5, atol=1e-6)
+    spec = MergeSpec(method="fisher", model_parameters=({"weight": 0.3}, {"weight": 1.0}))
+    merged = worker.parents.merged_state(spec)
+    fishers = torch.stack([held["fisher"].per_tensor[name][i] for i in range(2)])
+    expected = fisher_merge(torch.stack([s[name] for s in states]), fishers, [0.3, 1.0], norms=held["fisher"].norms)
+    torch.testing.assert_close(merged[name], expected, rtol=1e-5, atol=1e-6)
+    # another worker of the run (a Ray actor) reads the file when its first data-aware merge comes
+    again = Worker(WorkerConfig.from_space(loaded, device="cpu"))
+    assert again.parents.statistics == {}
+    again.merge(spec)
+    torch.testing.assert_close(again.model.state_dict()[name], merged[name], rtol=0, atol=0)
+    # and a resumed run's first worker finds the file computed on the very same texts: nothing is computed again
+    assert again.compute_statistics(progress=False) == {"fisher": "reused", "gram": "reused"}

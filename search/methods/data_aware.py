@@ -154,13 +154,14 @@ def regmean_tensor(base: torch.Tensor, deltas: torch.Tensor, params: TensorParam
 
 FISHER = MergeMethod(
     name="fisher", fn=fisher_tensor, params=(FISHER_WEIGHT, FISHER_FLOOR_PARAM, FISHER_NORMALIZE), needs_base=True,
-    doc="Fisher merging (Matena & Raffel 2022): a per-parameter average weighted by each parent's diagonal "
-        "Fisher over the calibration data",
+    doc="Fisher merging: per parameter, the parents' average weighted by their diagonal Fisher over the space's "
+        "calibration data, https://arxiv.org/abs/2111.09832",
     statistics="fisher",
 )
 REGMEAN = MergeMethod(
     name="regmean", fn=regmean_tensor, params=(REGMEAN_ALPHA_PARAM, REGMEAN_RIDGE), needs_base=True,
-    doc="RegMean (Jin et al. 2023): per linear layer, the least-squares merge of the parents' outputs on their "
-        "calibration inputs (Gram matrices), off-diagonals scaled by alpha",
+    doc="RegMean: per linear layer, the least-squares merge of the parents' outputs on their inputs over the "
+        "space's calibration data (Gram matrices, off-diagonals scaled by alpha); other tensors the mean, "
+        "https://arxiv.org/abs/2212.09849",
     statistics="gram",
 )
