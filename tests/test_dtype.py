@@ -34,7 +34,20 @@ def _params(method: MergeMethod, k: int) -> TensorParams:
             per_model[spec.name] = torch.tensor([float(value) + s for s in shift], dtype=torch.float64)
         else:
             globals_[spec.name] = value
-    return TensorParams(per_model=per_model, globals=globals_, is_base=torch.zeros(k, dtype=torch.bool))
+    return TensorParams(per_model=per_model, globals=globals_, is_base=torch.zeros(k, dtype=torch.bool),
+                        statistics=_statistics(method, k))
+
+
+def _statistics(method: MergeMethod, k: int, shape: tuple[int, int] = (24, 40)) -> dict[str, torch.Tensor]:
+    """Per-parent statistics of the data-aware methods, for tensors shaped as :func:`_inputs` makes them."""
+    g = torch.Generator().manual_seed(11)
+    if method.statistics == "fisher":
+        fisher = torch.rand((k, *shape), generator=g)
+        return {"fisher": fisher, "fisher_norm": torch.linalg.vector_norm(fisher.reshape(k, -1), dim=1)}
+    if method.statistics == "gram":
+        x = torch.randn(k, 3 * shape[1], shape[1], generator=g)
+        return {"gram": x.transpose(1, 2) @ x / x.shape[1]}
+    return {}
 
 
 def _inputs(method: MergeMethod, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -64,8 +64,8 @@ def fisher_merge(
     if norms is not None:
         inverse = 1.0 / (torch.as_tensor(norms, dtype=torch.float64).reshape(k) + floor)
         lam = lam * inverse / inverse.sum()
-    lam = lam.view(k, *([1] * (thetas.dim() - 1)))
-    t, f = thetas.double(), fishers.double()
+    lam = lam.to(thetas.device).view(k, *([1] * (thetas.dim() - 1)))
+    t, f = thetas.double(), fishers.double().to(thetas.device)
     if bool((f < 0).any()):
         raise ValueError("a Fisher is a mean of squares: it cannot be negative")
     f = f + floor
