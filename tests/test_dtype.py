@@ -162,6 +162,19 @@ def test_seeded_methods_give_the_same_weights_on_cuda_and_cpu(name: str) -> None
     assert dare is not None and torch.equal(dare.cpu(), random_mask(deltas[0], 0.3, make_generator(5)))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["fisher", "regmean"])
+def test_data_aware_methods_merge_on_cuda_with_statistics_held_on_the_cpu(name: str) -> None:
+    """Statistics stay where the parents' base is held (pinned CPU memory when streamed): the merge moves them."""
+    method = METHODS[name]
+    base, deltas = _inputs(method, seed=3)
+    params = _params(method, deltas.shape[0])
+    on_cpu = method.merge(base, deltas, params)
+    on_gpu = method.merge(base.cuda(), deltas.cuda(), params)
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-5, atol=1e-6)
+
+
 SCORE = '''
 import torch
 
