@@ -128,7 +128,8 @@ def _statistic(params: TensorParams, kind: str, method: str) -> torch.Tensor:
 
 def fisher_tensor(base: torch.Tensor, deltas: torch.Tensor, params: TensorParams, seed: int | None,
                   out: torch.Tensor | None) -> torch.Tensor:
-    """One tensor of a Fisher merge (see the module docstring)."""
+    """One tensor of a Fisher merge: ``sum_i w_i (F_i + eps) theta_i / sum_i w_i (F_i + eps)``, ``theta_i =
+    base + delta_i``, ``w_i = lambda_i`` (times FusionBench's ``1/|F_i|`` normalisation when ``normalize``)."""
     k = deltas.shape[0]
     rows = model_rows(params, k)
     fishers = _statistic(params, "fisher", "fisher")[rows].to(base.device)
@@ -141,7 +142,8 @@ def fisher_tensor(base: torch.Tensor, deltas: torch.Tensor, params: TensorParams
 
 def regmean_tensor(base: torch.Tensor, deltas: torch.Tensor, params: TensorParams, seed: int | None,
                    out: torch.Tensor | None) -> torch.Tensor:
-    """One tensor of a RegMean merge: the closed form for a linear layer's weight, the plain mean otherwise."""
+    """One tensor of a RegMean merge: for a linear layer's weight ``(sum_i W_i G~_i)(sum_i G~_i + ridge I)^-1``
+    with ``G~_i = alpha G_i + (1 - alpha) diag(G_i)``, ``W_i = base + delta_i``; any other tensor the plain mean."""
     rows = model_rows(params, deltas.shape[0])
     thetas = _thetas(base, deltas, rows)
     grams = params.statistics.get("gram")

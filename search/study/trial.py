@@ -132,6 +132,7 @@ class Worker:
         from search.config.space import Calibration
         from search.statistics.calibration import jsonl_texts, task_texts
         from search.statistics.run import ensure_statistics
+        from search.statistics.store import evaluator_tasks
 
         if not self.config.statistics:
             return {}
@@ -335,12 +336,6 @@ def statistics_config(loaded: Any, dtype: str) -> dict[str, Any]:
         kind, base=loaded.base_model, models=models, dtype=dtype, calibration=calibration, source=source))))
         for kind in kinds)
     return {"calibration": calibration, "statistics": files}
-
-
-def evaluator_tasks(evaluator: dict[str, Any]) -> list[str]:
-    from search.statistics.store import evaluator_tasks as tasks
-
-    return tasks(evaluator)
 
 
 @contextlib.contextmanager
