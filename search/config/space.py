@@ -32,6 +32,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from search.config.refine import Refine
 from search.config.yaml_io import FieldError, load_model, located
 from search.errors import UserError
 from search.weights.gguf import model_folder
@@ -205,6 +206,8 @@ class Space(_Frozen):
     storage: str | None = Field(None, description="Optuna storage URL; default: a journal file in the run folder.")
     trust_remote_code: bool = Field(False, description="Let transformers run code shipped with a model.")
     allow_pickle: bool = Field(False, description="Also read pytorch_model.bin (pickle) parents.")
+    refine: Refine | None = Field(None, description="Gradient refinement of the best trial's coefficients after "
+                                                    "the search (see search/config/refine.py).")
 
     @field_validator("storage")
     @classmethod
@@ -372,7 +375,9 @@ class LoadedSpace(BaseModel):
 
 def study_defining(space: Space) -> dict[str, Any]:
     data = space.model_dump(mode="json")
-    for key in ("budget", "output", "backend", "ray_address", "resources", "storage", "device", "placement"):
+    # refine runs after the study: adding it to a finished run's space must not refuse the run folder
+    for key in ("budget", "output", "backend", "ray_address", "resources", "storage", "device", "placement",
+                "refine"):
         data.pop(key, None)
     return data
 
