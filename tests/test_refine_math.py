@@ -135,7 +135,8 @@ def test_steps_lower_the_loss_and_stay_inside_the_bounds(parents64: Parents, fam
     assert len(losses) == 6 and losses[-1] < losses[0]
     weights = [v for p, v in zip(merge.refined, fit.theta.tolist()) if p.param == "weight"]
     assert all(0.2 <= v <= 0.9 for v in weights)
-    assert fit.passes == {"train": 6 * 3 * 3, "check": 4 * 1}  # checks before steps 0, 2, 4 and after 6
+    assert fit.passes["train"] == 6 * 3 * 3 and fit.passes["check"] == 4 * 1  # checks at steps 0, 2, 4, 6
+    assert fit.passes["train_forward_tokens"] == 6 * int(train.input_ids.numel())
 
 
 def test_early_stopping_keeps_the_best_checked_coefficients(parents64: Parents, family) -> None:

@@ -17,7 +17,9 @@
    nothing; running it again with the same settings finds the trial and does nothing.
 
 Passes are counted in documents: one document through the model forward is 1, a backward 2 more (so a training
-step over ``n`` documents costs ``3 n``, a check over ``m`` select documents ``m``).
+step over ``n`` documents costs ``3 n``, a check over ``m`` select documents ``m``); the tokens those forwards
+compute (padding included) are counted too (``train_forward_tokens``, ``check_tokens``; a backward is about twice
+its forward's tokens).
 
 >>> result = refine_run(Path("results/demo"))               # doctest: +SKIP
 >>> result.trial, result.source, result.curve[-1]           # doctest: +SKIP
@@ -273,7 +275,9 @@ def optimise(model: torch.nn.Module, merge: LinearMerge, train: Any, check: Any,
     optimizer = torch.optim.Adam([theta], lr=settings.lr)
     best_theta, best_select, bad = theta.detach().clone(), float("inf"), 0
     curve: list[dict[str, float]] = []
-    passes = {"train": 0, "check": 0}
+    passes = {"train": 0, "check": 0, "train_forward_tokens": 0, "check_tokens": 0}
+    train_tokens = sum(int(b.input_ids.numel()) for b in train_pieces)  # padded: what the model computes
+    check_tokens = sum(int(b.input_ids.numel()) for b in check_pieces)
     stopped = False
     columns = (TextColumn("refining"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
                TimeRemainingColumn())
@@ -283,6 +287,7 @@ def optimise(model: torch.nn.Module, merge: LinearMerge, train: Any, check: Any,
             if step % settings.check_every == 0 or step == settings.steps:
                 select_loss = evaluate_loss(model, merge, theta.detach(), check_pieces, settings.loss)
                 passes["check"] += len(check)
+                passes["check_tokens"] += check_tokens
                 curve.append({"step": step, "select_loss": select_loss})
                 if select_loss < best_select - 1e-9:
                     best_select, best_theta, bad = select_loss, theta.detach().clone(), 0
@@ -296,6 +301,7 @@ def optimise(model: torch.nn.Module, merge: LinearMerge, train: Any, check: Any,
             optimizer.zero_grad()
             search_loss = loss_and_grad(model, merge, theta, train_pieces, settings.loss)
             passes["train"] += 3 * len(train)
+            passes["train_forward_tokens"] += train_tokens
             optimizer.step()
             with torch.no_grad():
                 theta.copy_(torch.maximum(torch.minimum(theta, merge.high), merge.low))
