@@ -1,13 +1,14 @@
 """Gradient refinement vs black-box search at an equal number of forward passes, on the demo world.
 
     .venv/bin/python bench/refine.py                          # spaces/demo.yaml, 3 seeds, 24 TPE trials
-    .venv/bin/python bench/refine.py --trials 16 --seeds 0 --steps 30
+    .venv/bin/python bench/refine.py --trials 10 --skills add,rev   # two skills: about half the time
 
 Three arms per seed, each on the demo space (no baselines; the space's pruner and sampler):
 
 - ``tpe``: TPE alone for ``--trials`` trials;
 - ``tpe+refine``: TPE for fewer trials, then ``refine`` (the best linear trial, the space's granularity) with
-  ``--steps`` steps: as many trials fewer as the refinement costs, measured in a first run;
+  ``--steps`` steps: as many trials fewer as the refinement's tokens buy (known before it runs: the same
+  documents every step; a trial's tokens are the ``tpe`` arm's mean);
 - ``ta+refine``: the uniform task-arithmetic merge (every weight 0.5, as the hand-set baseline) as the one trial,
   then refinement with as many steps as the rest of the budget buys.
 
@@ -77,6 +78,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--finalists", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--startup", type=int, default=None, help="TPE's n_startup_trials (default: the space's)")
+    ap.add_argument("--skills", default=None, help="a subset of the demo's skills (e.g. add,rev): a faster bench")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench-refine-"))
@@ -88,7 +91,18 @@ def main() -> None:
     def start(name: str, seed: int, **updates):  # type: ignore[no-untyped-def]
         nonlocal backend, counter
         out = work / f"{name}-{seed}"
+        if args.startup is not None:
+            updates["sampler"] = {"name": "tpe", "args": {"n_startup_trials": args.startup, "multivariate": True,
+                                                          "group": True}}
         file = space_copy(args.space, out, optimize="weighted", seed=seed, baselines=False, **updates)
+        if args.skills:  # the copy (absolute paths) with only these skills' fine-tunes and objectives
+            import yaml
+
+            data = yaml.safe_load(file.read_text())
+            keep = set(args.skills.split(","))
+            data["models"] = {k: v for k, v in data["models"].items() if k in keep}
+            data["objectives"] = [o for o in data["objectives"] if o["name"] in keep]
+            file.write_text(yaml.safe_dump(data))
         loaded = load_space(file, output=out)
         if backend is None:
             backend = InProcessBackend(WorkerConfig.from_space(loaded, device="cpu"))
@@ -106,13 +120,27 @@ def main() -> None:
         extra = fn()
         return counter.tokens - before + (extra or 0)
 
+    def step_tokens(loaded, settings: Refine) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+        """Tokens of one training step (forward + backward = 3 forwards) and of one check, from the very
+        batches refinement builds."""
+        from search.refine.documents import role_examples
+        from search.refine.loss import encode
+
+        weights = {o.name: o.weight for o in loaded.space.objectives}
+        tok = backend.worker.tokenizer
+        train = encode(tok, role_examples(loaded, "search", settings.documents), weights)
+        check = encode(tok, role_examples(loaded, "select", settings.documents), weights)
+        size = settings.batch_size
+        return (3 * sum(int(b.input_ids.numel()) for b in train.split(size)),
+                sum(int(b.input_ids.numel()) for b in check.split(size)))
+
     def pick(out: Path, space) -> tuple[str, tuple[dict[str, float], dict[str, list[float]]]]:  # type: ignore[no-untyped-def]
         study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(out))
         complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
         finalists = sorted(complete, key=lambda t: -t.value)[:args.finalists]
         worker = backend.worker
-        best, best_select = None, -math.inf
-        for t in finalists:
+        best, best_select = (finalists[0], 0.0) if len(finalists) == 1 else (None, -math.inf)
+        for t in finalists if len(finalists) > 1 else ():  # one finalist: nothing to choose on select
             worker.merge(MergeSpec.model_validate_json(t.user_attrs["spec"]))
             value = scalarize(space, worker.score("select"))
             if value > best_select:
@@ -132,15 +160,18 @@ def main() -> None:
         per_trial = budget / args.trials
         arms: dict[str, tuple[int, str, tuple]] = {"tpe": (budget, *pick(out, space))}  # type: ignore[dict-item]
 
-        # tpe for fewer trials, then refine: the trials dropped pay for the refinement (its cost from a first run
-        # of the same settings, else estimated as steps x documents x 3 forwards)
+        # tpe for fewer trials, then refine: the trials dropped pay for the refinement, whose tokens are known
+        # before it runs (the same documents every step: 3 x a step's forward tokens, plus the checks)
         settings = Refine(steps=args.steps, documents=args.documents, lr=args.lr)
-        estimate = getattr(main, "_refine_cost", None)
-        fewer = max(1, args.trials - (math.ceil(estimate / per_trial) if estimate else args.trials // 3))
+        per_step, per_check = step_tokens(loaded, settings)
+
+        def refine_tokens(steps: int) -> float:
+            return steps * per_step + (steps // settings.check_every + 1) * per_check
+
+        fewer = max(1, args.trials - round(refine_tokens(args.steps) / per_trial))
         loaded_b, out_b = start("tpe_refine", seed, budget={"trials": fewer})
         cost_search = measured(lambda: run_study(loaded_b, backend=backend, progress=False) and None)
         cost_refine = measured(lambda: refine(out_b, settings))
-        main._refine_cost = cost_refine  # type: ignore[attr-defined]
         arms["tpe+refine"] = (cost_search + cost_refine, *pick(out_b, space))  # type: ignore[assignment]
 
         # the uniform task-arithmetic merge as the only trial, then refinement with the rest of the budget
@@ -148,12 +179,14 @@ def main() -> None:
         plan = build_plan(loaded_c.space, load_layout(loaded_c.base_model).num_layers)
         uniform = params_for_uniform(plan, "task_arithmetic", {"weight": 0.5})
         assert uniform is not None, "the space's task_arithmetic range must hold 0.5"
+        out_c.mkdir(parents=True, exist_ok=True)
         study = optuna.create_study(study_name=STUDY_NAME, storage=open_storage(out_c, loaded_c.space),
                                     directions=directions(loaded_c.space))
         study.enqueue_trial(uniform)
         cost_ta = measured(lambda: run_study(loaded_c, backend=backend, progress=False) and None)
-        per_step = cost_refine / max(1, args.steps)
-        steps_c = max(1, int((budget - cost_ta) / per_step)) if per_step else args.steps
+        steps_c = 1
+        while refine_tokens(steps_c + 1) <= budget - cost_ta:
+            steps_c += 1
         cost_c = measured(lambda: refine(out_c, settings.model_copy(update={"steps": steps_c}), from_trial=0))
         arms["ta+refine"] = (cost_ta + cost_c, *pick(out_c, space))  # type: ignore[assignment]
 

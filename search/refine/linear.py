@@ -22,8 +22,10 @@ The recorded trial is then merged by the normal path (:meth:`Parents.merge_into`
 as the export and mergekit will merge it: for sign-electing methods, the signs are elected again with the
 refined weights, so the scored model can differ from the optimised one where an entry's elected sign flips.
 
+``weights`` maps each tensor name to its merged tensor, differentiable in ``theta``:
+
 >>> merge = LinearMerge.build(parents, plan, trial.params)   # doctest: +SKIP
->>> weights = merge.weights(merge.theta0.requires_grad_())    # {tensor name: merged tensor}, differentiable
+>>> weights = merge.weights(merge.theta0.requires_grad_())  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -87,8 +89,11 @@ class LinearMerge:
 
     @classmethod
     def build(cls, parents: Any, plan: SearchPlan, params: dict[str, Any],
-              bounds: dict[str, tuple[float, float]] | None = None) -> LinearMerge:
-        """Hold a trial's merge fixed except its searched ``weight`` / ``lambda`` values (refused: UserError)."""
+              bounds: dict[str, tuple[float, float]] | None = None,
+              devices: dict[str, torch.device] | None = None) -> LinearMerge:
+        """Hold a trial's merge fixed except its searched ``weight`` / ``lambda`` values (refused: UserError).
+        ``devices``: where each tensor's merge must land (the working model's; parents streamed from the CPU
+        are held there)."""
         spec = spec_from_params(params, plan)
         kind = linear_kind(spec.method)
         if kind is None:
@@ -114,8 +119,13 @@ class LinearMerge:
                 deltas = parents.stacked_deltas(name)
                 real = spec.tensor_params(name, parents.layout)
                 where = index_spec.tensor_params(name, parents.layout)
-                tensors[name] = _held(base, deltas, real, where, variant, searched_names,
-                                      seed=spec.tensor_seed(name), name=name)
+                held = _held(base, deltas, real, where, variant, searched_names, seed=spec.tensor_seed(name),
+                             name=name)
+                target = devices.get(name) if devices else None
+                if target is not None and held.base.device != target:
+                    held.base, held.parts = held.base.to(target), held.parts.to(target)
+                    held.agree = None if held.agree is None else held.agree.to(target)
+                tensors[name] = held
         return cls(method=spec.method, kind=kind_name, refined=refined, theta0=theta0.clamp(low, high),
                    low=low, high=high, tensors=tensors, fixed=dict(parents.fixed))
 

@@ -9,8 +9,10 @@
 Prompts and answers are tokenized as lm-eval's HF wrapper does (``_encode_pair``: trailing spaces of the prompt
 move to the answer; the answer's tokens are those of ``prompt + answer`` after the prompt's).
 
+``batch_loss`` is a scalar tensor, differentiable in the weights given:
+
 >>> batch = encode(tokenizer, examples, {"add": 1.0})           # doctest: +SKIP
->>> loss = batch_loss(model, weights, batch, "loglik")          # a scalar tensor, differentiable in ``weights``
+>>> loss = batch_loss(model, weights, batch, "loglik")          # doctest: +SKIP
 """
 
 from __future__ import annotations

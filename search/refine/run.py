@@ -246,7 +246,8 @@ def _refine(job: RefineJob, *, worker: Any, progress: bool) -> RefineResult:
                    weights)
     check = encode(worker.tokenizer, role_examples(loaded, "select", settings.documents, evaluators=evaluators),
                    weights)
-    merge = LinearMerge.build(worker.parents, plan, dict(source.params), settings.bounds)
+    devices = {n: t.device for n, t in worker.model.state_dict().items()}
+    merge = LinearMerge.build(worker.parents, plan, dict(source.params), settings.bounds, devices=devices)
     fit = optimise(worker.model, merge, train, check, settings, progress=progress)
     params = {**source.params, **merge.values(fit.theta)}
     return record(loaded, plan, study, source, settings, worker, params, fit, seconds=time.perf_counter() - t0)
@@ -268,7 +269,7 @@ def optimise(model: torch.nn.Module, merge: LinearMerge, train: Any, check: Any,
     docstring). Pure with respect to ``model``: its own weights are never written."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    device = next(iter(merge.tensors.values())).base.device
+    device = model.get_input_embeddings().weight.device  # where the documents enter the model
     train_pieces = [b.to(device) for b in train.split(settings.batch_size)]
     check_pieces = [b.to(device) for b in check.split(settings.batch_size)]
     theta = merge.theta0.clone().requires_grad_(True)
