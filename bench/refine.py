@@ -8,7 +8,9 @@ Three arms per seed, each on the demo space (no baselines; the space's pruner an
 - ``tpe``: TPE alone for ``--trials`` trials;
 - ``tpe+refine``: TPE for fewer trials, then ``refine`` (the best linear trial, the space's granularity) with
   ``--steps`` steps: as many trials fewer as the refinement's tokens buy (known before it runs: the same
-  documents every step; a trial's tokens are the ``tpe`` arm's mean);
+  documents every step; a trial's tokens are the ``tpe`` arm's mean). Known bias, left as run for the README's
+  figures: the estimate leaves out the refined candidate's own scoring on the search role (one trial's tokens),
+  so the refinement arms spend about one trial more than ``tpe``; the printed tokens are what each arm spent;
 - ``ta+refine``: the uniform task-arithmetic merge (every weight 0.5, as the hand-set baseline) as the one trial,
   then refinement with as many steps as the rest of the budget buys.
 
