@@ -106,7 +106,7 @@ class Sampler(_Frozen):
     @model_validator(mode="after")
     def _builds(self) -> Sampler:
         if self.args:  # built once with them now, so a wrong one is refused at its line, not in the first trial
-            from search.study.samplers import SAMPLERS, checked_args
+            from search.config.optuna_args import SAMPLERS, checked_args
 
             checked_args(SAMPLERS[self.name], self.args, what=f"sampler '{self.name}'")
         return self
@@ -301,7 +301,7 @@ class Space(_Frozen):
         if self.mode == "weighted" and self.pruner_name == "pareto":
             raise ValueError("pruner 'pareto' needs optimize: pareto")
         if self.pruner.args:
-            from search.study.samplers import PRUNERS, checked_args
+            from search.config.optuna_args import PRUNERS, checked_args
 
             if self.pruner_name not in PRUNERS:
                 raise FieldError(f"pruner '{self.pruner_name}' takes no arguments", loc=("pruner", "args"),
