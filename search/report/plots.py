@@ -361,7 +361,7 @@ def importance_values(study: Any, space: Space) -> dict[str, dict[str, float]] |
     return out
 
 
-def importances(study: Any, space: Space) -> Figure | str:
+def importances(study: Any, space: Space, top: int = 20) -> Figure | str:
     """Optuna's parameter importance plot (PED-ANOVA) over the most sampled method's trials, per objective."""
     from optuna.visualization.matplotlib import plot_param_importances
 
@@ -378,8 +378,17 @@ def importances(study: Any, space: Space) -> Figure | str:
                 ax = _optuna_plot(lambda: plot_param_importances(view, params=names, target=target,
                                                                   target_name=f"{label} ({method})"))
                 ax.tick_params(axis="y", labelsize=7)
-                ax.set_title(f"parameter importance: {label} ({method})", fontsize=10)
-                ax.figure.set_size_inches(6.5, 0.32 * min(len(names), 15) + 1.8)
+                if ax.get_legend() is not None:  # it names the target, which the title does
+                    ax.get_legend().remove()
+                shown = ""
+                if len(names) > top:  # Optuna draws the most important at the top: show those, values unchanged
+                    ax.set_ylim(len(names) - top - 0.5, len(names) - 0.5)
+                    for text in ax.texts:  # (the value labels of the bars cut off)
+                        text.set_clip_on(True)
+                    shown = f" (top {top} of {len(names)})"
+                ax.set_title(f"{label} ({method}){shown}", loc="left", fontsize=9)
+                ax.set_xlabel("importance (PED-ANOVA, normalised)")
+                ax.figure.set_size_inches(6.5, 0.32 * min(len(names), top) + 1.8)
                 ax.figure.tight_layout()
                 figures.append(ax.figure)
     except (RuntimeError, ValueError, ZeroDivisionError) as exc:
@@ -387,7 +396,7 @@ def importances(study: Any, space: Space) -> Figure | str:
             plt.close(f)
         return f"Optuna could not compute importances ({type(exc).__name__}: {exc})"
     return figures[0] if len(figures) == 1 else _side_by_side(figures, width=6.5,
-                                                               height=0.32 * min(len(names), 15) + 1.8)
+                                                               height=0.32 * min(len(names), top) + 1.8)
 
 
 def select_vs_search(selection: Selection) -> Figure | str:
