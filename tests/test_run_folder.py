@@ -52,9 +52,12 @@ def test_a_record_from_a_newer_version_is_refused() -> None:
 
 
 def test_folder_writes_atomically_inside_itself_and_keeps_artefacts_in_cache(tmp_path: Path) -> None:
+    from search.statistics.store import statistics_path
+
     folder = RunFolder(tmp_path / "run")
-    path = folder.artefact("fisher/calibration.safetensors")
-    assert path == tmp_path / "run" / "cache" / "fisher" / "calibration.safetensors" and path.parent.is_dir()
+    assert statistics_path(folder.path, "gram", "k").parent == folder.statistics_dir  # the statistics' own place
+    path = folder.artefact("refine/gradients.safetensors")
+    assert path == tmp_path / "run" / "cache" / "refine" / "gradients.safetensors" and path.parent.is_dir()
     folder.write_bytes(path, b"stats")
     assert path.read_bytes() == b"stats" and not list(path.parent.glob("*.tmp"))
     for bad in ("../outside", "/etc/x", ""):

@@ -11,8 +11,10 @@ RUN_DIR/
   report.html, report.md, report_files/                           folder.report_html, ...
   export/           exported models                               folder.export_dir
   run.log           the libraries' messages                       folder.log_file
-  cache/            artefacts a stage computes once per run and reuses on resume or in a later stage, e.g.
-                    calibration statistics of a data-aware merge: folder.artefact("fisher/<source>.safetensors")
+  statistics/       the data-aware methods' per-parent statistics, computed once per run
+                    (search.statistics.store: <kind>-<key>.safetensors)  folder.statistics_dir
+  cache/            any other artefact a stage computes once per run and reuses on resume or in a later
+                    stage: folder.artefact("<stage>/<name>")
 ```
 
 Every stage reads the run through this object instead of building paths or parsing trial attributes itself:
@@ -24,7 +26,8 @@ beside the target, then ``os.replace``, so a reader (or a crash) never sees half
 >>> folder = RunFolder("results/demo")                       # doctest: +SKIP
 >>> folder.space.budget.trials, len(folder.records())         # doctest: +SKIP
 (40, 51)
->>> stats = folder.artefact("fisher/calibration.safetensors")  # doctest: +SKIP  (a path in cache/; exists?)
+>>> folder.artefact("refine/gradients.safetensors")              # doctest: +SKIP
+PosixPath('results/demo/cache/refine/gradients.safetensors')
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from search.console import RUN_LOG
 from search.errors import UserError
 from search.study import storage
 from search.study.baselines import BaselineRecord, recorded_baselines
+from search.statistics.store import STATISTICS_DIR
 from search.study.candidate import CandidateRecord, read_record
 
 SELECTION = "selection.json"
@@ -91,6 +95,11 @@ class RunFolder:
     @property
     def cache_dir(self) -> Path:
         return self.path / CACHE_DIR
+
+    @property
+    def statistics_dir(self) -> Path:
+        """Where ``search.statistics.store`` keeps the data-aware statistics (one file per kind and key)."""
+        return self.path / STATISTICS_DIR
 
     @property
     def journal(self) -> Path | None:
