@@ -141,6 +141,7 @@ def _legacy_record(attrs: Mapping[str, Any]) -> CandidateRecord:
         fail_reason=attrs.get("fail_reason"),
         interrupted=bool(attrs.get("interrupted", False)),
         retry_of=attrs.get("retry_of"),
+        refined_from=attrs.get("refined_from"),
     )
 
 
