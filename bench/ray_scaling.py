@@ -31,6 +31,7 @@ def measure(space: Path, work: Path, name: str, trials: int, backend: str, worke
     from space_copy import space_copy
 
     from search.config.space import load_space
+    from search.study.candidate import read_record
     from search.study.loop import run_study
     from search.study.storage import STUDY_NAME, open_storage
 
@@ -47,8 +48,8 @@ def measure(space: Path, work: Path, name: str, trials: int, backend: str, worke
     last = max(t.datetime_complete for t in done)
     span = (last - first).total_seconds()
     return {"trials": len(done), "per_min": 60 * len(done) / span, "startup": wall - span,
-            "merge": sum(t.user_attrs["merge_seconds"] for t in done) / len(done),
-            "eval": sum(t.user_attrs["eval_seconds"] for t in done) / len(done)}
+            "merge": sum(read_record(t.user_attrs).merge_seconds for t in done) / len(done),
+            "eval": sum(read_record(t.user_attrs).eval_seconds for t in done) / len(done)}
 
 
 def main() -> None:

@@ -62,8 +62,8 @@ def main() -> None:
     from search.backends.inprocess import InProcessBackend
     from search.config.refine import Refine
     from search.config.space import load_space
-    from search.merging.oneshot import load_layout
-    from search.merging.spec import MergeSpec
+    from search.weights.layout import load_layout
+    from search.study.candidate import read_record
     from search.refine.run import refine_run
     from search.selection.stats import mean_interval, paired_interval
     from search.study.loop import directions, run_study, scalarize
@@ -143,13 +143,13 @@ def main() -> None:
         worker = backend.worker
         best, best_select = (finalists[0], 0.0) if len(finalists) == 1 else (None, -math.inf)
         for t in finalists if len(finalists) > 1 else ():  # one finalist: nothing to choose on select
-            worker.merge(MergeSpec.model_validate_json(t.user_attrs["spec"]))
+            worker.merge(read_record(t.user_attrs).spec)
             value = scalarize(space, worker.score("select"))
             if value > best_select:
                 best, best_select = t, value
         assert best is not None
-        worker.merge(MergeSpec.model_validate_json(best.user_attrs["spec"]))
-        label = f"#{best.number}" + (" (refined)" if "refined_from" in best.user_attrs else "")
+        worker.merge(read_record(best.user_attrs).spec)
+        label = f"#{best.number}" + (" (refined)" if read_record(best.user_attrs).refined_from is not None else "")
         return label, worker.score_documents("test")
 
     print(f"{'arm':11s} {'seed':>4s} {'tokens':>9s}  {'test [95% CI]':>24s}  {'minus tpe [95% CI]':>26s}  picked")

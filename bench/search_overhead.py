@@ -37,6 +37,7 @@ from space_copy import space_copy  # noqa: E402
 from search.backends.inprocess import InProcessBackend  # noqa: E402
 from search.config.space import load_space  # noqa: E402
 from search.merging.spec import MergeSpec  # noqa: E402
+from search.study.candidate import read_record  # noqa: E402
 from search.study.loop import run_study  # noqa: E402
 from search.study.trial import WorkerConfig  # noqa: E402
 
@@ -91,13 +92,14 @@ def documents_scored(run_dir: Path) -> float:
 
     slices = load_run_space(run_dir).pruner.slices
     trials = study_of(run_dir).get_trials(deepcopy=False)
-    return sum(slices[t.user_attrs["slices_scored"] - 1] for t in trials if t.user_attrs.get("slices_scored"))
+    scored = [read_record(t.user_attrs).slices_scored for t in trials]
+    return sum(slices[n - 1] for n in scored if n)
 
 
 def eval_seconds(run_dir: Path) -> tuple[float, float]:
     trials = study_of(run_dir).get_trials(deepcopy=False)
-    return (sum(t.user_attrs.get("eval_seconds", 0.0) for t in trials),
-            sum(t.user_attrs.get("merge_seconds", 0.0) for t in trials))
+    records = [read_record(t.user_attrs) for t in trials]
+    return sum(r.eval_seconds for r in records), sum(r.merge_seconds for r in records)
 
 
 def best_tested(run_dir: Path, backend: InProcessBackend) -> tuple[float, float]:
@@ -108,7 +110,7 @@ def best_tested(run_dir: Path, backend: InProcessBackend) -> tuple[float, float]
 
     space: Space = load_run_space(run_dir)
     best = study_of(run_dir).best_trial
-    spec = MergeSpec.model_validate_json(best.user_attrs["spec"])
+    spec = read_record(best.user_attrs).spec
     backend.start()  # run_study closed it; this reloads the worker
     assert backend.worker is not None
     backend.worker.merge(spec)
@@ -201,8 +203,9 @@ def main() -> None:
               f"{s_best:.4f} / test {h_best:.4f}")
 
     best = study_of(work / "pruned").best_trial
-    spec = MergeSpec.model_validate_json(best.user_attrs["spec"])
-    ours = (best.user_attrs["merge_seconds"] + best.user_attrs["eval_seconds"])
+    record = read_record(best.user_attrs)
+    spec = record.spec
+    ours = record.merge_seconds + record.eval_seconds
     disk_wall, disk_inner = on_disk_seconds(loaded, spec, work)
     print(f"[3] one candidate, in memory (merge + score): {ours:.2f} s; on disk (mergekit to folder, lm-eval by "
           f"path): {disk_wall:.1f} s wall ({disk_inner:.1f} s after imports)")

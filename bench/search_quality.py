@@ -37,6 +37,7 @@ def main() -> None:
     from search.merging.spec import MergeSpec
     from search.selection.stats import mean_interval, paired_interval
     from search.study.baselines import recorded_baselines
+    from search.study.candidate import read_record
     from search.study.loop import run_study, scalarize
     from search.study.storage import STUDY_NAME, open_storage
     from search.study.trial import WorkerConfig
@@ -82,19 +83,21 @@ def main() -> None:
             def picked(specs: list[str]) -> str:
                 return max(specs, key=lambda sp: scored(sp, "select"))  # type: ignore[arg-type,return-value]
 
-            baselines = [b.spec for b in recorded_baselines(study) if b.state == "COMPLETE"]
+            baselines = [b.spec.model_dump_json() for b in recorded_baselines(study)
+                         if b.state == "COMPLETE" and b.spec is not None]
             base = picked(baselines)
             _, base_docs = scored(base, "test")  # type: ignore[misc]
             base_iv = mean_interval([(w, base_docs[n]) for n, w in weights.items()], seed=seed)
             baseline_test = (base_iv.estimate, "best baseline on select")
-            sampled = [t for t in study.get_trials(deepcopy=False) if "baseline" not in t.user_attrs
-                       and t.state.is_finished() and not t.user_attrs.get("interrupted")]
+            sampled = [t for t in study.get_trials(deepcopy=False) if read_record(t.user_attrs).baseline is None
+                       and t.state.is_finished() and not read_record(t.user_attrs).interrupted]
             sampled.sort(key=lambda t: t.number)
             values = []
             for n in checkpoints:
                 complete = sorted((t for t in sampled[:n] if t.state == TrialState.COMPLETE),
                                   key=lambda t: -t.value)[:args.finalists]
-                spec = picked([t.user_attrs["spec"] for t in complete])
+                specs = [read_record(t.user_attrs).spec for t in complete]
+                spec = picked([s.model_dump_json() for s in specs if s is not None])
                 _, docs = scored(spec, "test")  # type: ignore[misc]
                 iv = mean_interval([(w, docs[k]) for k, w in weights.items()], seed=seed)
                 diff = paired_interval([(w, docs[k], base_docs[k]) for k, w in weights.items()], seed=seed)

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from evaluators.protocol import SPLIT_NAMES, SplitName, check_device, check_split, resolve_limit
-from evaluators.registry import LmEvalSpec, SpecContext
+from evaluators.specs import LmEvalSpec, SpecContext
 from evaluators.splits import assign_split, fingerprint, first, fixed_order, interleave, shared_documents
 
 if TYPE_CHECKING:

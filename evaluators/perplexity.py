@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evaluators.protocol import SplitName, check_device, check_split, model_device, resolve_limit
-from evaluators.registry import PerplexitySpec, SpecContext
+from evaluators.specs import PerplexitySpec, SpecContext
 from evaluators.splits import fingerprint, first, role_orders
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluators.protocol import SplitName, check_device, check_split, resolve_limit
-from evaluators.registry import PythonSpec, SpecContext
+from evaluators.specs import PythonSpec, SpecContext
 from evaluators.splits import fingerprint, first, role_orders
 
 _FIX_REF = "write 'package.module:function' (an importable module) or 'path/to/file.py:function'"

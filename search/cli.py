@@ -63,7 +63,7 @@ def merge(
     """Merge the models of RECIPE into OUT_DIR (mergekit configs for shared methods run unchanged)."""
     import warnings
 
-    from search.merging.oneshot import merge_recipe
+    from search.oneshot import merge_recipe
     from search.merging.spec import IgnoredParameterWarning
     from search.study.preflight import check_device
 
@@ -296,12 +296,11 @@ def status(run_dir: Path = typer.Argument(..., help="run folder")) -> None:
     """Trials done and left, best per objective, speed and ETA, recent failures."""
     from rich.console import Console
 
+    from search.study.folder import RunFolder
     from search.study.progress import render_status, status_of
-    from search.study.storage import driver_of, load_run_space
 
-    space = load_run_space(run_dir)
-    study = _load_study(run_dir, space)
-    facts = status_of(space, study, driver=driver_of(run_dir))
+    folder = RunFolder(run_dir)
+    facts = status_of(folder.space, folder.study(), driver=folder.driver())
     Console().print(render_status(facts, run_dir))
     if facts.state.startswith("stopped"):
         typer.echo(f"resume with: search resume {run_dir}")
@@ -313,15 +312,15 @@ def trials(
     out: Path = typer.Option(None, "--out", help="write the table to .csv or .parquet instead of printing it"),
 ) -> None:
     """The trial table of a run (through pandas)."""
-    from search.study.baselines import recorded_baselines
+    from search.study.folder import RunFolder
     from search.study.progress import trials_frame
-    from search.study.storage import load_run_space
 
-    space = load_run_space(run_dir)
-    study = _load_study(run_dir, space)
-    frame = trials_frame(space, study.get_trials(deepcopy=False), recorded_baselines(study))
+    folder = RunFolder(run_dir)
+    study = folder.study()
+    frame = trials_frame(folder.space, study, folder.baselines(study))
     if out is None:
-        typer.echo(frame.drop(columns=[c for c in frame.columns if c.startswith("param.")]).to_string(index=False))
+        shown = frame.drop(columns=[c for c in frame.columns if c.startswith("params_") or c.startswith("datetime_")])
+        typer.echo(shown.to_string(index=False))
     elif out.suffix == ".csv":
         frame.to_csv(out, index=False)
     elif out.suffix == ".parquet":
@@ -429,25 +428,6 @@ def repair(run_dir: Path = typer.Argument(..., help="run folder whose study jour
     typer.echo(f"{journal}: kept {done.records} records ({done.recovered} recovered after torn bytes), dropped "
                f"{done.dropped} torn record(s), {done.dropped_bytes} bytes in all; the original is kept as "
                f"{done.backup.name}. Resume with: search resume {run_dir}")
-
-
-def _load_study(run_dir: Path, space: object) -> object:
-    import optuna
-
-    from search.study.storage import STUDY_NAME, open_storage
-
-    from search.study.storage import journal_path
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    journal = journal_path(run_dir, space)  # type: ignore[arg-type]
-    if journal is not None and not journal.exists():
-        raise UserError(f"'{run_dir}' has no study journal yet", field="RUN_DIR",
-                        fix="start the run first (`search start SPACE.yaml`)")
-    try:
-        return optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir, space))  # type: ignore[arg-type]
-    except KeyError:
-        raise UserError(f"'{run_dir}' holds no study yet", field="RUN_DIR",
-                        fix="start the run first (`search start SPACE.yaml`)") from None
 
 
 def main(argv: list[str] | None = None) -> None:

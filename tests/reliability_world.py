@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from search.cli import main
+from search.study.candidate import read_record
 from search.study.progress import counted
 from search.study.storage import JOURNAL, STUDY_NAME, open_storage
 
@@ -90,14 +91,14 @@ def trials_of(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
 
 
 def finished(run_dir: Path) -> dict[int, tuple[Any, ...]]:
-    """Every finished trial: number -> (state, values, params, user attrs)."""
+    """Every finished trial: number -> (state, values, params, its candidate record)."""
     if not (run_dir / JOURNAL).exists():
         return {}
     try:
         trials = trials_of(run_dir)
     except KeyError:  # the study is not created yet
         return {}
-    return {t.number: (t.state, t.values, t.params, t.user_attrs) for t in trials if t.state.is_finished()}
+    return {t.number: (t.state, t.values, t.params, read_record(t.user_attrs)) for t in trials if t.state.is_finished()}
 
 
 def counted_trials(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
@@ -109,9 +110,10 @@ def assert_no_proposal_repeated(trials: list[optuna.trial.FrozenTrial]) -> None:
     by_number = {t.number: t for t in trials}
     seen: set[str] = set()
     for t in trials:
-        if "retry_of" in t.user_attrs:
-            original = by_number[t.user_attrs["retry_of"]]
-            assert original.user_attrs.get("interrupted"), f"trial {t.number} retries a trial that was not cut off"
+        if read_record(t.user_attrs).retry_of is not None:
+            original = by_number[read_record(t.user_attrs).retry_of]
+            assert read_record(original.user_attrs).interrupted, \
+                f"trial {t.number} retries a trial that was not cut off"
             assert t.params.items() >= original.params.items(), f"retry {t.number} changed its parameters"
             continue
         if not t.params:
@@ -119,5 +121,5 @@ def assert_no_proposal_repeated(trials: list[optuna.trial.FrozenTrial]) -> None:
         key = json.dumps(t.params, sort_keys=True)
         assert key not in seen, f"trial {t.number} repeats an earlier proposal"
         seen.add(key)
-    retries = [t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs]
+    retries = [read_record(t.user_attrs).retry_of for t in trials if read_record(t.user_attrs).retry_of is not None]
     assert len(retries) == len(set(retries)), "a trial was retried more than once"

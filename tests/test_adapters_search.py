@@ -17,6 +17,7 @@ from lora_world import make_lora_world, peft_merged_state
 from optuna.trial import TrialState
 
 from search.cli import main
+from search.study.candidate import read_record
 from search.study.storage import STUDY_NAME, open_storage
 
 
@@ -59,20 +60,20 @@ def test_search_over_adapters_in_process_then_export(lora_world: tuple[Path, lis
     space = write_space(tmp_path, lora_world)
     main(["start", str(space), "--quiet"])
     trials = trials_of(tmp_path / "run")
-    sampled = [t for t in trials if "baseline" not in t.user_attrs]
+    sampled = [t for t in trials if read_record(t.user_attrs).baseline is None]
     assert len(sampled) == 4 and all(t.state == TrialState.COMPLETE for t in sampled)
-    scores = {round(t.user_attrs["search.ppl"], 6) for t in trials if t.state == TrialState.COMPLETE}
+    scores = {round(read_record(t.user_attrs).search["ppl"], 6) for t in trials if t.state == TrialState.COMPLETE}
     assert len(scores) > 2, "every candidate scored the same: the adapters' deltas were not merged"
     # export a task_arithmetic trial; reference: the same merge over the dense deltas PEFT's own merges give
-    trial = next(t for t in sampled if t.user_attrs["method"] == "task_arithmetic")
+    trial = next(t for t in sampled if read_record(t.user_attrs).method == "task_arithmetic")
     main(["export", str(tmp_path / "run"), "--pick", str(trial.number), "--out", str(tmp_path / "out")])
     folder = next(p for p in (tmp_path / "out").iterdir() if p.is_dir())
     from tiny import load_state
 
-    from search.merging.oneshot import load_layout
+    from search.weights.layout import load_layout
     from search.merging.spec import MergeSpec
 
-    spec = MergeSpec.model_validate_json(trial.user_attrs["spec"])
+    spec = read_record(trial.user_attrs).spec
     layout = load_layout(lora_world[0])
     base = load_state(lora_world[0])
     merged = [peft_merged_state(lora_world[0], a) for a in lora_world[1]]
@@ -105,7 +106,7 @@ def test_search_over_adapters_in_process_then_export(lora_world: tuple[Path, lis
     unloaded = peft_model.merge_and_unload().state_dict()
     assert max((unloaded[n] - exported[n]).abs().max().item() for n in exported) <= 1e-5
 
-    ties = next((t for t in sampled if t.user_attrs["method"] == "ties"), None)
+    ties = next((t for t in sampled if read_record(t.user_attrs).method == "ties"), None)
     if ties is not None:
         code = subprocess.run([sys.executable, "-m", "search.cli", "export", str(tmp_path / "run"), "--pick",
                                str(ties.number), "--out", str(tmp_path / "ties"), "--as", "adapter"],

@@ -22,6 +22,7 @@ from search.config.space import load_space
 from search.errors import UserError
 from search.methods.checkpoints import checkpoint_weights
 from search.study.baselines import hand_set_baselines, recorded_baselines
+from search.study.candidate import read_record
 from search.study.loop import run_study
 from search.study.space_to_optuna import build_plan, spec_from_params
 from search.study.storage import STUDY_NAME, open_storage
@@ -68,8 +69,8 @@ def test_a_space_of_checkpoints_without_a_base_searches_and_merges_exactly(
     assert {b.name for b in recorded_baselines(study)} == {"uniform_soup", "only_step1000", "only_step2000",
                                                           "only_step3000"}
     done = [t for t in study.get_trials(deepcopy=False)
-            if t.state == optuna.trial.TrialState.COMPLETE and "baseline" not in t.user_attrs]
-    assert {t.user_attrs["method"] for t in done} & {"checkpoint_ema", "lawa", "checkpoint_average"}
+            if t.state == optuna.trial.TrialState.COMPLETE and read_record(t.user_attrs).baseline is None]
+    assert {read_record(t.user_attrs).method for t in done} & {"checkpoint_ema", "lawa", "checkpoint_average"}
 
     from search.weights.parents import Parents
 
@@ -77,7 +78,7 @@ def test_a_space_of_checkpoints_without_a_base_searches_and_merges_exactly(
     parents = Parents.load(loaded.base_model, list(loaded.models.values()), dtype=torch.float32)
     states = [load_state(c) for c in checkpoints]
     for trial in done:
-        spec = spec_from_params({**trial.params, "method": trial.user_attrs["method"]}, plan)
+        spec = spec_from_params({**trial.params, "method": read_record(trial.user_attrs).method}, plan)
         assert spec.has_base is False
         values = dict(spec.parameters)
         weights = checkpoint_weights(spec.method, 3, values)

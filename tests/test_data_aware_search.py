@@ -21,6 +21,7 @@ from search.config.space import load_space
 from search.methods.data_aware import fisher_merge, regmean_merge
 from search.statistics.calibration import texts_digest
 from search.statistics.store import read_metadata
+from search.study.candidate import read_record
 from search.study.loop import run_study
 from search.study.space_to_optuna import build_plan, spec_from_params
 from search.study.storage import STUDY_NAME, open_storage
@@ -133,7 +134,7 @@ def test_a_search_of_fisher_and_regmean_writes_its_statistics_once_and_resumes_w
     assert [n.split("-")[0] for n in names] == ["fisher", "gram"] and all(n.endswith(".safetensors") for n in names)
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir))
     done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(done) == 4, [t.user_attrs.get("fail_reason") for t in study.get_trials(deepcopy=False)]
+    assert len(done) == 4, [read_record(t.user_attrs).fail_reason for t in study.get_trials(deepcopy=False)]
     # resume to a larger budget: the same files are read, not written again
     bigger = loaded.model_copy(update={"space": loaded.space.model_copy(
         update={"budget": loaded.space.budget.model_copy(update={"trials": 6})})})
@@ -175,7 +176,7 @@ def test_the_statistics_are_the_search_documents_fisher_and_grams_of_each_parent
 def test_each_trial_is_the_closed_form_of_its_method(searched: dict[str, Any],
                                                      family: tuple[Path, list[Path]]) -> None:
     from search.export.folder import attach_run_statistics
-    from search.selection.select import loaded_from_run
+    from search.study.folder import RunFolder
     from search.weights.parents import Parents
 
     run_dir, loaded = searched["run_dir"], searched["loaded"]
@@ -188,13 +189,13 @@ def test_each_trial_is_the_closed_form_of_its_method(searched: dict[str, Any],
                          .double().norm() for i in range(3)])
     parents = Parents.load(base, fts, dtype=torch.float32, device="cpu")
     # as `search export` finds them: the key from the run's resolved.json
-    attach_run_statistics(parents, loaded_from_run(run_dir), "float32", {"fisher"})
+    attach_run_statistics(parents, RunFolder(run_dir).loaded(), "float32", {"fisher"})
     assert sorted(parents.statistics) == ["fisher", "gram"]
     plan = build_plan(loaded.space, num_layers=4)
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir))
     methods = set()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        spec = spec_from_params({**trial.params, "method": trial.user_attrs["method"]}, plan)
+        spec = spec_from_params({**trial.params, "method": read_record(trial.user_attrs).method}, plan)
         methods.add(spec.method)
         merged = parents.merged_state(spec)  # the code every trial, selection and export merge with
         for name in base_state:

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from search.config.space import load_space
 from search.study.baselines import recorded_baselines
+from search.study.candidate import read_record
 from search.study.loop import run_study
 from search.study.storage import STUDY_NAME, open_storage
 
@@ -44,7 +45,7 @@ def test_demo_space_small_budget(tmp_path: Path) -> None:
 
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(tmp_path / "run"))
     trials = study.get_trials(deepcopy=False)
-    sampled = [t for t in trials if "baseline" not in t.user_attrs]
+    sampled = [t for t in trials if read_record(t.user_attrs).baseline is None]
     baselines = {b.name: b for b in recorded_baselines(study)}
     assert summary.finished == len(sampled) == 8
     assert {"task_arithmetic_0.5", "ties", "dare_ties", "uniform_soup", "only_add", "only_rev"} <= set(baselines)
@@ -53,9 +54,9 @@ def test_demo_space_small_budget(tmp_path: Path) -> None:
     assert baselines["only_rev"].search["rev"] > baselines["only_add"].search["rev"] + 0.2
     assert any(t.state == TrialState.PRUNED for t in sampled), "no candidate was stopped early"
     complete = [t for t in sampled if t.state == TrialState.COMPLETE]
-    assert complete and all(0.0 <= t.user_attrs["search.add"] <= 1.0 for t in complete)
+    assert complete and all(0.0 <= read_record(t.user_attrs).search["add"] <= 1.0 for t in complete)
     pruned = [t for t in sampled if t.state == TrialState.PRUNED]
-    assert all(t.user_attrs["slices_scored"] == 1 for t in pruned), "a pruned candidate scored only its slice"
+    assert all(read_record(t.user_attrs).slices_scored == 1 for t in pruned), "a pruned candidate scored only its slice"
 
 
 @pytest.mark.slow
@@ -138,7 +139,7 @@ def test_wilcoxon_pruner_compares_documents(tmp_path: Path) -> None:
             counts = [sum(1 for s in t.intermediate_values if s // DOCUMENT_STRIDE == k) for k in range(2)]
             per_objective.setdefault("complete", set()).add(tuple(counts))
         elif t.state == TrialState.PRUNED:
-            assert t.user_attrs["slices_scored"] == 1
+            assert read_record(t.user_attrs).slices_scored == 1
             counts = [sum(1 for s in t.intermediate_values if s // DOCUMENT_STRIDE == k) for k in range(2)]
             per_objective.setdefault("pruned", set()).add(tuple(counts))
     (full,) = per_objective["complete"]  # every complete trial (baselines inside the space too): all documents

@@ -17,7 +17,7 @@ from search.merging.coefficients import resolve_setting
 from search.merging.spec import MergeSpec
 from search.selection.mixture import mixed_tensors
 from search.selection.record import read_selection
-from search.selection.select import load_study, loaded_from_run
+from search.study.folder import RunFolder
 from search.weights.layout import ModelLayout
 
 TOL = 1e-5
@@ -68,7 +68,7 @@ def test_export_best_loads_generates_and_scores_as_reported(run: Path, tmp_path:
         out = model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     assert out.shape[1] == ids.shape[1] + 6 and tokenizer.decode(out[0, ids.shape[1]:])
     # the test score recomputed from the folder alone is the report's number
-    loaded = loaded_from_run(run)
+    loaded = RunFolder(run).loaded()
     win = selection.winner_item
     for i, o in enumerate(loaded.space.objectives):
         evaluator = build_evaluator(o.evaluator, device="cpu", config_file=loaded.file,
@@ -190,7 +190,7 @@ def test_export_refuses_and_writes_nothing(run: Path, tmp_path: Path,
 def test_export_a_trial_the_selection_did_not_keep(run: Path, tmp_path: Path) -> None:
     selection = read_selection(run)
     kept = {r for it in selection.items for r in it.refs}
-    study = load_study(run, loaded_from_run(run).space)
+    study = RunFolder(run).study()
     number = next(t.number for t in study.get_trials(deepcopy=False)
                   if t.state.name == "COMPLETE" and f"trial:{t.number}" not in kept)
     (folder,) = export_run(run, str(number), out=tmp_path)

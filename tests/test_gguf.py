@@ -16,6 +16,7 @@ from lora_world import make_adapter, make_base, peft_merged_state
 from tiny import load_state, snapshot
 
 from search.cli import main
+from search.study.candidate import read_record
 from search.weights.gguf import dequantized_folder
 
 
@@ -167,6 +168,6 @@ def test_smollm2_gguf_base_scores_through_lm_eval(smollm2_cache: Path, tmp_path:
     main(["start", str(tmp_path / "space.yaml"), "--quiet", "--no-select"])
     trials = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(tmp_path / "run")).get_trials()
     assert len(trials) == 1 and trials[0].state == optuna.trial.TrialState.COMPLETE
-    bits = trials[0].user_attrs["search.text"]
+    bits = read_record(trials[0].user_attrs).search["text"]
     # a real language model: about one bit per byte of English (a random 49k-vocabulary model: over 3)
     assert 0.3 < bits < 2.0, bits

@@ -250,7 +250,7 @@ def test_a_search_candidate_is_rebuilt_by_mergekit_from_its_exported_recipe(
     """What the search merges in memory (Parents, with module-kind conditions) is what mergekit builds from the
     exported YAML: the coefficients searched for these methods mean the same thing in both tools."""
     from search.export.mergekit_yaml import spec_recipe
-    from search.merging.oneshot import load_layout
+    from search.weights.layout import load_layout
     from search.merging.spec import MergeSpec
     from search.weights.parents import Parents
 
@@ -283,7 +283,7 @@ def test_a_checkpoint_average_exports_as_the_equal_mergekit_linear_recipe(
     """mergekit has no checkpoint methods: the exported YAML is its linear merge with the same weights, and
     mergekit builds from it the model the (baseless) search merged."""
     from search.export.mergekit_yaml import spec_notes, spec_recipe
-    from search.merging.oneshot import load_layout
+    from search.weights.layout import load_layout
     from search.merging.spec import MergeSpec
     from search.weights.parents import Parents
 

@@ -20,6 +20,7 @@ import yaml
 from optuna.trial import TrialState
 
 from search.cli import main
+from search.study.candidate import read_record
 from search.study.storage import STUDY_NAME, open_storage
 
 VENV_BIN = str(Path(sys.executable).parent)
@@ -148,13 +149,13 @@ def test_killed_actor_costs_only_its_candidate(ray_cluster: dict, family: tuple[
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out.decode()[-3000:]
     trials = trials_of(run_dir)
-    lost = [t for t in trials if "worker died" in str(t.user_attrs.get("fail_reason", ""))]
-    assert lost, [t.user_attrs.get("fail_reason") for t in trials]
+    lost = [t for t in trials if "worker died" in str((read_record(t.user_attrs).fail_reason or ""))]
+    assert lost, [read_record(t.user_attrs).fail_reason for t in trials]
     for t in lost:
-        retries = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
+        retries = [r for r in trials if read_record(r.user_attrs).retry_of == t.number]
         assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE, "a lost candidate is retried once"
         assert retries[0].params == t.params
-    counted = [t for t in trials if t.state.is_finished() and not t.user_attrs.get("interrupted")]
+    counted = [t for t in trials if t.state.is_finished() and not read_record(t.user_attrs).interrupted]
     assert len(counted) == 10
 
 
@@ -197,6 +198,6 @@ def test_data_aware_statistics_are_computed_once_and_read_by_every_actor(
                         budget={"trials": 4})
     main(["start", str(space), "--address", ray_cluster["gcs"], "--quiet", "--no-select"])
     trials = trials_of(tmp_path / "run")
-    assert [t.state for t in trials].count(TrialState.COMPLETE) == 4, [t.user_attrs.get("fail_reason")
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 4, [read_record(t.user_attrs).fail_reason
                                                                        for t in trials]
     assert [p.name.split("-")[0] for p in (tmp_path / "run" / "statistics").iterdir()] == ["gram"]

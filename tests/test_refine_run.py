@@ -12,6 +12,7 @@ import yaml
 from optuna.trial import TrialState
 
 from search.cli import main
+from search.study.candidate import read_record
 from search.study.storage import STUDY_NAME, open_storage
 from tiny import snapshot
 
@@ -72,8 +73,8 @@ def test_refined_trial_is_recorded_selected_and_exported(demo_run: Path, capsys:
     run = demo_run
     before = _study(run).get_trials(deepcopy=False)
     linear = [t for t in before if t.state == TrialState.COMPLETE]
-    best = max(linear, key=lambda t: (0.25 * t.user_attrs["search.add"] + 0.25 * t.user_attrs["search.rev"],
-                                      -t.number))
+    best = max(linear, key=lambda t: (0.25 * read_record(t.user_attrs).search["add"]
+                                      + 0.25 * read_record(t.user_attrs).search["rev"], -t.number))
 
     assert _exit_code(["refine", str(run), "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -97,7 +98,7 @@ def test_refined_trial_is_recorded_selected_and_exported(demo_run: Path, capsys:
     assert new.user_attrs["refine_passes"]["train"] == 3 * 16 * len(search)
     # scored by the normal path on the search role: the value is the weighted view of its scores
     assert new.value == pytest.approx(0.25 * new.user_attrs["search.add"] + 0.25 * new.user_attrs["search.rev"])
-    assert json.loads(new.user_attrs["spec"])["method"] == best.user_attrs["method"]
+    assert json.loads(new.user_attrs["spec"])["method"] == read_record(best.user_attrs).method
 
     assert _exit_code(["status", str(run)]) == 0
     status = capsys.readouterr().out

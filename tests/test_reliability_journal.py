@@ -82,10 +82,10 @@ def test_sigkill_at_random_points_then_resume(world: Path, capsys: pytest.Captur
     kills = tears = 0
     for _ in range(rounds):
         proc = spawn(["start", str(space), "--quiet", "--no-select"], world, SCORE_SLEEP="0.02")
-        before = len([n for n, f in finished(run_dir).items() if not f[3].get("interrupted")])
+        before = len([n for n, f in finished(run_dir).items() if not f[3].interrupted])
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:  # each round makes some progress first
-            if len([n for n, f in finished(run_dir).items() if not f[3].get("interrupted")]) > before:
+            if len([n for n, f in finished(run_dir).items() if not f[3].interrupted]) > before:
                 break
             time.sleep(0.1)
         assert time.monotonic() < deadline, "the driver made no progress"
@@ -161,7 +161,7 @@ def test_torn_last_record_at_sampled_offsets(done_run: Path, tmp_path: Path,
         lost = [n for n in pristine if after.get(n) != pristine[n]]
         assert len(lost) <= 1, f"offset {offset}: trials {lost} changed"
         for n in lost:
-            assert after[n][3].get("interrupted"), f"offset {offset}: trial {n} changed without being retried"
+            assert after[n][3].interrupted, f"offset {offset}: trial {n} changed without being retried"
         assert len(counted_trials(run_dir)) == 4, f"offset {offset}: the budget is not reached"
         assert_no_proposal_repeated(trials_of(run_dir))
         assert len(cut) >= length - offset

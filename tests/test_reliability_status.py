@@ -31,7 +31,7 @@ def wait_for(condition, proc, what: str, timeout: float = 180.0) -> None:  # typ
 
 
 def done(run_dir: Path) -> int:
-    return len([f for f in finished(run_dir).values() if not f[3].get("interrupted")])
+    return len([f for f in finished(run_dir).values() if not f[3].interrupted])
 
 
 @pytest.mark.slow

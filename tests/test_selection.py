@@ -21,6 +21,7 @@ from search.report.render import render_report
 from search.selection.select import select_run
 from search.selection.soups import greedy_soup
 from search.study.baselines import recorded_baselines
+from search.study.candidate import read_record
 from search.study.storage import STUDY_NAME, open_storage
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -63,7 +64,7 @@ def test_thin_and_pairs() -> None:
 def _search_scores(run_dir: Path, names: list[str]) -> dict[str, list[float]]:
     """ref -> search scores of every complete candidate: trials, and baselines kept outside the trials."""
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir))
-    out = {f"trial:{t.number}": [t.user_attrs[f"search.{n}"] for n in names]
+    out = {f"trial:{t.number}": [read_record(t.user_attrs).search[n] for n in names]
            for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE}
     out.update({f"baseline:{b.name}": [b.search[n] for n in names]
                 for b in recorded_baselines(study) if b.trial is None and b.state == "COMPLETE"})

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from search.study.candidate import read_record
 from search.worlds.smollm2 import adapter_dir, tasks_dir
 from search.worlds.smollm2.skills import DAYS, EVAL_SPLITS, MONTHS, SKILLS, chat, examples, role_of
 from search.worlds.smollm2.tasks import GENERATIVE_TASKS, render
@@ -160,7 +161,7 @@ def test_lora_space_runs_through_the_real_parts(tmp_path: Path) -> None:
     assert summary.finished == 2 and [t.state for t in trials] == [TrialState.COMPLETE] * 2
     weights = {o["name"]: o["weight"] for o in data["objectives"]}
     for t in trials:
-        scores = {name: t.user_attrs[f"search.{name}"] for name in SKILLS}
+        scores = {name: read_record(t.user_attrs).search[name] for name in SKILLS}
         assert all(0.0 <= s <= 1.0 for s in scores.values())
         assert t.value == pytest.approx(sum(weights[n] * s for n, s in scores.items()))
 

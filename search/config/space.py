@@ -107,7 +107,7 @@ class Sampler(_Frozen):
     @model_validator(mode="after")
     def _builds(self) -> Sampler:
         if self.args:  # built once with them now, so a wrong one is refused at its line, not in the first trial
-            from search.study.samplers import SAMPLERS, checked_args
+            from search.config.optuna_args import SAMPLERS, checked_args
 
             checked_args(SAMPLERS[self.name], self.args, what=f"sampler '{self.name}'")
         return self
@@ -330,7 +330,7 @@ class Space(_Frozen):
         if self.mode == "weighted" and self.pruner_name == "pareto":
             raise ValueError("pruner 'pareto' needs optimize: pareto")
         if self.pruner.args:
-            from search.study.samplers import PRUNERS, checked_args
+            from search.config.optuna_args import PRUNERS, checked_args
 
             if self.pruner_name not in PRUNERS:
                 raise FieldError(f"pruner '{self.pruner_name}' takes no arguments", loc=("pruner", "args"),
@@ -454,7 +454,7 @@ def load_space(path: str | Path, *, output: str | Path | None = None) -> LoadedS
     out = Path(output) if output is not None else resolve(space.output, "output", must_exist=False)
     base = resolve(space.base_model, "base_model") if space.base_model is not None else next(iter(models.values()))
     if space.calibration is not None and space.calibration.jsonl is not None:
-        from search.statistics.calibration import check_jsonl
+        from search.config.calibration_file import check_jsonl
 
         try:
             check_jsonl(space.calibration, path)

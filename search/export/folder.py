@@ -24,10 +24,11 @@ from search.export.mergekit_yaml import ExportRecipe, mixture_recipe
 from search.merging.spec import MergeSpec
 from search.selection.mixture import mixed_tensors
 from search.selection.record import Item, Part, Selection, read_selection, ref_label, trial_ref
+from search.study.candidate import read_record
+from search.study.folder import RunFolder
 from search.weights.adapters import is_adapter
 from search.weights.writer import ModelFolderWriter, check_destination
 
-EXPORT_DIR = "export"
 PICKS = "a trial number, best, soup, pareto, or an item id from selection.json (e.g. interp-3-7-a0.5)"
 
 
@@ -65,19 +66,20 @@ def _trial_item(run_dir: Path, number: int, specs: dict[str, MergeSpec]) -> Item
     """A complete trial the selection did not keep: its search scores, no select or test ones."""
     from optuna.trial import TrialState
 
-    from search.selection.select import load_study, weighted_value
-    from search.study.storage import load_run_space
+    from search.selection.select import weighted_value
 
-    space = load_run_space(run_dir)
-    trials = load_study(run_dir, space).get_trials(deepcopy=False)
+    run = RunFolder(run_dir)
+    space = run.space
+    trials = run.study().get_trials(deepcopy=False)
     trial = next((t for t in trials if t.number == number), None)
-    if trial is None or trial.state != TrialState.COMPLETE or "spec" not in trial.user_attrs:
+    record = read_record(trial.user_attrs) if trial is not None else None
+    if trial is None or record is None or trial.state != TrialState.COMPLETE or record.spec is None:
         raise UserError(f"trial {number} is not a complete trial of this run", field="--pick",
                         fix="pick a complete trial (`search trials RUN_DIR` lists them) or best/soup/pareto")
     ref = trial_ref(number)
-    specs[ref] = MergeSpec.model_validate_json(trial.user_attrs["spec"])
-    search = {o.name: float(trial.user_attrs[f"search.{o.name}"]) for o in space.objectives}
-    name = trial.user_attrs.get("baseline")
+    specs[ref] = record.spec
+    search = {o.name: float(record.search[o.name]) for o in space.objectives}
+    name = record.baseline
     return Item(id=f"baseline-{name}" if name else f"trial-{number}", kind="baseline" if name else "trial",
                 label=f"#{number} {specs[ref].method}", method=specs[ref].method,
                 parts=[Part(ref=ref, coefficient=1.0)], baseline=name, search=search,
@@ -91,18 +93,18 @@ def export_run(run_dir: str | Path, pick: str, *, out: str | Path | None = None,
     ``as_adapter``: a merge of LoRA adapters that is linear in them is written as one PEFT LoRA adapter
     (:mod:`search.export.adapter`) instead of a full model folder.
     """
-    from search.merging.oneshot import load_layout
-    from search.selection.select import loaded_from_run
+    from search.weights.layout import load_layout
     from search.weights.dtypes import storage_dtype_name
     from search.weights.parents import Parents
 
-    run_dir = Path(run_dir)
-    selection = read_selection(run_dir)
+    run = RunFolder(run_dir)
+    run_dir = run.path
+    selection = read_selection(run)
     items, specs = pick_items(selection, str(pick), run_dir)
-    out_root = Path(out) if out is not None else run_dir / EXPORT_DIR
+    out_root = Path(out) if out is not None else run.export_dir
     for item in items:  # refuse before any work
         check_destination(out_root / item.id, overwrite=overwrite, field="--out")
-    loaded = loaded_from_run(run_dir)
+    loaded = run.loaded()
     space = loaded.space
     models = [str(loaded.models[n]) for n in space.models]
     # mergekit applies an adapter written as BASE+ADAPTER

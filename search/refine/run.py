@@ -41,6 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.config.refine import Refine
 from search.errors import UserError
 from search.refine.linear import REFINED, LinearMerge, check_bounds, linear_kind
+from search.study.candidate import read_record
 
 REFINED_FROM = "refined_from"
 
@@ -116,7 +117,7 @@ def _loaded(run_dir: Path) -> Any:
 
 def check_refine(loaded: Any, settings: Refine) -> tuple[Any, optuna.Study, FrozenTrial]:
     """Every refusal, before any model is loaded: the plan, the study and the trial to refine."""
-    from search.merging.oneshot import load_layout
+    from search.weights.layout import load_layout
     from search.refine.documents import check_objectives
     from search.study import storage
     from search.study.space_to_optuna import build_plan
@@ -134,7 +135,7 @@ def check_refine(loaded: Any, settings: Refine) -> tuple[Any, optuna.Study, Froz
         raise UserError(f"'{loaded.output}' holds no study yet", field="RUN_DIR",
                         fix="run `search start` first") from None
     source = pick_trial(study, space, settings.from_)
-    method = source.user_attrs.get("method") or json.loads(source.user_attrs["spec"])["method"]
+    method = read_record(source.user_attrs).method
     if linear_kind(method) is None:
         raise UserError(f"trial {source.number} merges with '{method}', which is not linear in its task vectors: "
                         "its coefficients cannot be refined by gradient", field="refine.from",
@@ -151,7 +152,7 @@ def check_refine(loaded: Any, settings: Refine) -> tuple[Any, optuna.Study, Froz
 def check_space(loaded: Any) -> None:
     """The checks a space's ``refine:`` allows before the search starts (UserError): lm-eval objectives, a
     method linear in its task vectors whose weight or lambda is searched, bounds inside the space's ranges."""
-    from search.merging.oneshot import load_layout
+    from search.weights.layout import load_layout
     from search.refine.documents import check_objectives
     from search.study.space_to_optuna import build_plan
 
@@ -181,21 +182,21 @@ def check_space(loaded: Any) -> None:
 
 
 def _linear_method(t: FrozenTrial) -> bool:
-    method = t.user_attrs.get("method")
+    method = read_record(t.user_attrs).method
     return method is not None and linear_kind(method) is not None
 
 
 def pick_trial(study: optuna.Study, space: Any, wanted: str | int) -> FrozenTrial:
     """The trial ``refine.from`` names: a number, or the best finished black-box trial of a linear method."""
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if "spec" in t.user_attrs and t.params]
+                if read_record(t.user_attrs).spec_data is not None and t.params]
     if wanted != "best":
         for t in complete:
             if t.number == wanted:
                 return t
         raise UserError(f"trial {wanted} is not a finished trial of this run", field="refine.from",
                         fix="give the number of a complete trial (see `search trials RUN_DIR`), or 'best'")
-    candidates = [t for t in complete if _linear_method(t) and REFINED_FROM not in t.user_attrs]
+    candidates = [t for t in complete if _linear_method(t) and read_record(t.user_attrs).refined_from is None]
     if not candidates:
         methods = ", ".join(sorted(space.methods))
         raise UserError(f"the run has no finished trial of a method linear in its task vectors (its methods: "
@@ -206,7 +207,7 @@ def pick_trial(study: optuna.Study, space: Any, wanted: str | int) -> FrozenTria
         len({o.direction for o in space.objectives}) > 1
 
     def score(t: FrozenTrial) -> float:
-        return space.weighted({o.name: float(t.user_attrs[f"search.{o.name}"]) for o in space.objectives})
+        return space.weighted({o.name: float(read_record(t.user_attrs).search[o.name]) for o in space.objectives})
 
     ranked = sorted(candidates, key=lambda t: (score(t), -t.number) if maximize else (-score(t), -t.number))
     return ranked[-1]
@@ -218,8 +219,7 @@ def _already(study: optuna.Study, source: FrozenTrial, settings: Refine) -> Refi
         if t.user_attrs.get(REFINED_FROM) == source.number and t.user_attrs.get("refine") == _settings_key(settings,
                                                                                                           source):
             return RefineResult(trial=t.number, source=source.number, curve=list(t.user_attrs.get("refine_curve", [])),
-                                search={k.removeprefix("search."): v for k, v in t.user_attrs.items()
-                                        if k.startswith("search.")},
+                                search=dict(read_record(t.user_attrs).search),
                                 stopped_early=bool(t.user_attrs.get("refine_stopped_early")),
                                 passes=dict(t.user_attrs.get("refine_passes", {})), already_done=True)
     return None

@@ -1,10 +1,11 @@
 """The report's plots (matplotlib, Agg backend): each function returns a Figure, or a sentence saying why not.
 
-- :func:`history`: search score of every trial in order, the best so far, and the best baseline;
+- :func:`history`: Optuna's optimization history (``optuna.visualization.matplotlib``) of the sampled trials on
+  the search split, one panel per objective (the weighted view in weighted mode), with the best baseline's line;
 - :func:`front`: the frontier on the search split (and the same models on select) with the interpolation
   curves, the soups and the baselines marked; with one objective, score against alpha along each curve;
 - :func:`coefficient_heatmap`: the winner's coefficients per layer (rows: parameter, model, module kind);
-- :func:`importances`: Optuna's parameter importances (PED-ANOVA) per objective;
+- :func:`importances`: Optuna's parameter importance plot (PED-ANOVA) per objective;
 - :func:`select_vs_search`: select against search score of every scored model: overfitting shows as the
   distance below the diagonal (above it, for objectives that are minimised).
 """
@@ -24,6 +25,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from search.config.space import Space  # noqa: E402
 from search.selection.record import Item, Selection, ref_label  # noqa: E402
+from search.study.candidate import read_record  # noqa: E402
 
 COLORS = {"trial": "#1f77b4", "baseline": "#d62728", "interpolation": "#2ca02c", "greedy_soup": "#9467bd",
           "uniform_soup": "#8c564b"}
@@ -36,36 +38,86 @@ def _complete(trials: Sequence[Any]) -> list[Any]:
     return [t for t in trials if t.state == TrialState.COMPLETE]
 
 
-def history(space: Space, trials: Sequence[Any], baselines: Sequence[Any] = ()) -> Figure | str:
-    """Search score per trial number, best so far, and the best baseline, one panel per objective."""
-    sampled = sorted((t for t in _complete(trials) if "baseline" not in t.user_attrs), key=lambda t: t.number)
-    done_baselines = [b for b in baselines if b.state == "COMPLETE"]
-    if not sampled and not done_baselines:
-        return "no complete trial yet"
-    objectives = space.objectives
-    fig, axes = plt.subplots(1, len(objectives), figsize=(5.5 * len(objectives), 3.8), squeeze=False)
-    for ax, o in zip(axes[0], objectives):
-        key = f"search.{o.name}"
-        xs = [t.number for t in sampled if key in t.user_attrs]
-        ys = [t.user_attrs[key] for t in sampled if key in t.user_attrs]
-        ax.scatter(xs, ys, s=18, color=COLORS["trial"], label="trial", zorder=3)
-        pick = max if o.direction == "maximize" else min
-        best, running = [], None
-        for y in ys:
-            running = y if running is None else pick(running, y)
-            best.append(running)
-        if xs:
-            ax.step(xs, best, where="post", color="black", lw=1.2, label="best so far")
-        values = [b.search[o.name] for b in done_baselines if o.name in b.search]
-        if values:
-            ax.axhline(pick(values), color=COLORS["baseline"], ls="--", lw=1, label="best baseline")
-        ax.set_xlabel("trial")
-        ax.set_ylabel(f"{o.name} ({o.metric}, search)")
-        ax.set_title(f"{o.name}: {o.direction}")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+def _sampled(trials: Sequence[Any]) -> list[Any]:
+    """The complete trials the sampler proposed (not the hand-set baselines)."""
+    return [t for t in _complete(trials) if read_record(t.user_attrs).baseline is None]
+
+
+def _view(study: Any, trials: Sequence[Any]) -> Any:
+    """An in-memory study of some of a run's trials, for Optuna's plots (the run's own is not touched)."""
+    import optuna
+
+    view = optuna.create_study(directions=study.directions)
+    view.add_trials(trials)
+    return view
+
+
+def _optuna_plot(draw: Any) -> Any:
+    """Call an ``optuna.visualization.matplotlib`` function (experimental: its warning says nothing to a user)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return draw()
+
+
+def _side_by_side(figures: list[Figure], width: float = 5.5, height: float = 4.0) -> Figure:
+    """One figure of several (Optuna's plots each draw their own), as images side by side."""
+    fig, axes = plt.subplots(1, len(figures), figsize=(width * len(figures), height), squeeze=False)
+    for ax, part in zip(axes[0], figures):
+        part.canvas.draw()
+        ax.imshow(part.canvas.buffer_rgba())
+        ax.axis("off")
+        plt.close(part)
     fig.tight_layout()
     return fig
+
+
+def _history_view(trials: Sequence[Any], direction: str, value: Any) -> Any:
+    """A one-objective in-memory study for Optuna's history plot: every trial of the run in order (so the view's
+    trial numbers are the run's), the sampled complete ones with ``value(trial)``, the rest (baselines, pruned,
+    failed, running) as failed placeholders, which the plot leaves out."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    view = optuna.create_study(direction=direction)
+    keep = {t.number for t in _sampled(trials)}
+    view.add_trials([create_trial(state=TrialState.COMPLETE, value=value(t)) if t.number in keep
+                     else create_trial(state=TrialState.FAIL) for t in sorted(trials, key=lambda t: t.number)])
+    return view
+
+
+def history(space: Space, study: Any, baselines: Sequence[Any] = ()) -> Figure | str:
+    """Optuna's optimization history of the sampled trials on the search split (points and the best so far), with
+    the best baseline as a dashed line: the study's value (one objective, or the weighted view), or one panel per
+    objective in pareto mode."""
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    trials = study.get_trials(deepcopy=False)
+    if not _sampled(trials):
+        return "no complete sampled trial yet"
+    done = [b for b in baselines if b.state == "COMPLETE"]
+    panels: list[tuple[Any, str, list[float], str]] = []
+    if len(study.directions) == 1:
+        name = space.objectives[0].name if len(space.objectives) == 1 else "weighted"
+        direction = "maximize" if study.direction.name == "MAXIMIZE" else "minimize"
+        panels.append((lambda t: t.values[0], f"{name} (search)", [b.values[0] for b in done if b.values],
+                       direction))
+    else:
+        for i, o in enumerate(space.objectives):
+            panels.append(((lambda t, i=i: t.values[i]), f"{o.name} ({o.metric}, search)",
+                           [b.search[o.name] for b in done if o.name in b.search], o.direction))
+    figures = []
+    for value, label, base, direction in panels:
+        view = _history_view(trials, direction, value)
+        ax = _optuna_plot(lambda view=view, label=label: plot_optimization_history(view, target_name=label))
+        if base:
+            ax.axhline(max(base) if direction == "maximize" else min(base), color=COLORS["baseline"], ls="--",
+                       lw=1, label="best baseline")
+            ax.legend(fontsize=8)
+        ax.set_title(f"{label}: {direction}", fontsize=10)
+        figures.append(ax.figure)
+    return figures[0] if len(figures) == 1 else _side_by_side(figures)
 
 
 def _curves(selection: Selection) -> dict[tuple[str, str], list[Item]]:
@@ -97,9 +149,8 @@ def front(selection: Selection, trials: Sequence[Any]) -> Figure | str:
             return (scores[x], scores[y]) if x in scores and y in scores else None
 
         if split == "search":
-            others = [t for t in _complete(trials) if "baseline" not in t.user_attrs]
-            ax.scatter([t.user_attrs.get(f"search.{x}") for t in others],
-                       [t.user_attrs.get(f"search.{y}") for t in others], s=12, color="#bbbbbb",
+            others = [read_record(t.user_attrs).search for t in _sampled(trials)]
+            ax.scatter([o.get(x) for o in others], [o.get(y) for o in others], s=12, color="#bbbbbb",
                        label="trials")
         pts = [point(singles[n]) for n in selection.frontier if n in singles]
         pts = [p for p in pts if p is not None]
@@ -257,25 +308,11 @@ def coefficient_heatmap(selection: Selection, layout: Any, model_names: Sequence
     return fig
 
 
-def importance_values(study: Any, space: Space) -> dict[str, dict[str, float]] | str:
-    """Objective (or 'weighted') -> parameter -> importance, over the most sampled method's trials."""
+def _importance_targets(study: Any, space: Space) -> dict[str, Any]:
+    """Label -> target for Optuna's importances. PED-ANOVA rates what leads to LOW target values: the values of
+    maximised objectives are negated."""
     import optuna
-    from optuna.trial import TrialState
 
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if "baseline" not in t.user_attrs and t.params]
-    if len(complete) < 3:
-        return f"only {len(complete)} complete sampled trial(s): too few for parameter importances"
-    counts: dict[str, int] = {}
-    for t in complete:
-        counts[t.user_attrs.get("method", "")] = counts.get(t.user_attrs.get("method", ""), 0) + 1
-    method = max(counts, key=lambda m: counts[m])
-    chosen = [t for t in complete if t.user_attrs.get("method") == method]
-    names = set.intersection(*(set(t.params) for t in chosen)) - {"method", "method_index"}
-    names = {n for n in names if n.startswith(f"{method}.")} or names
-    if len(chosen) < 3 or not names:
-        return f"too few complete trials of one method ({method}: {len(chosen)}) for parameter importances"
-    # PED-ANOVA rates what leads to LOW target values: negate the values of maximised objectives
     targets: dict[str, Any] = {}
     if len(study.directions) == 1:
         sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
@@ -285,31 +322,81 @@ def importance_values(study: Any, space: Space) -> dict[str, dict[str, float]] |
         for i, o in enumerate(space.objectives):
             sign = -1.0 if o.direction == "maximize" else 1.0
             targets[o.name] = (lambda t, i=i, s=sign: s * t.values[i])
+    return targets
+
+
+def _importance_trials(study: Any) -> tuple[str, list[Any], list[str]] | str:
+    """(method, its complete sampled trials, the parameters they share) of the most sampled method, or why not."""
+    complete = [t for t in _sampled(study.get_trials(deepcopy=False)) if t.params]
+    if len(complete) < 3:
+        return f"only {len(complete)} complete sampled trial(s): too few for parameter importances"
+    methods = [read_record(t.user_attrs).method or "" for t in complete]
+    method = max(set(methods), key=methods.count)
+    chosen = [t for t, m in zip(complete, methods) if m == method]
+    names = set.intersection(*(set(t.params) for t in chosen)) - {"method", "method_index"}
+    names = {n for n in names if n.startswith(f"{method}.")} or names
+    if len(chosen) < 3 or not names:
+        return f"too few complete trials of one method ({method}: {len(chosen)}) for parameter importances"
+    return method, chosen, sorted(names)
+
+
+def importance_values(study: Any, space: Space) -> dict[str, dict[str, float]] | str:
+    """Objective (or 'weighted') -> parameter -> importance, over the most sampled method's trials."""
+    import optuna
+
+    picked = _importance_trials(study)
+    if isinstance(picked, str):
+        return picked
+    method, chosen, names = picked
+    view = _view(study, chosen)
     out: dict[str, dict[str, float]] = {}
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
-            for label, target in targets.items():
-                out[f"{label} ({method})"] = optuna.importance.get_param_importances(
-                    study, params=sorted(names), target=target)
+            for label, target in _importance_targets(study, space).items():
+                out[f"{label} ({method})"] = optuna.importance.get_param_importances(view, params=names,
+                                                                                      target=target)
     except (RuntimeError, ValueError, ZeroDivisionError) as exc:
         return f"Optuna could not compute importances ({type(exc).__name__}: {exc})"
     return out
 
 
-def importances(study: Any, space: Space, top: int = 15) -> Figure | str:
-    values = importance_values(study, space)
-    if isinstance(values, str):
-        return values
-    fig, axes = plt.subplots(1, len(values), figsize=(6.5 * len(values), 0.32 * top + 1.5), squeeze=False)
-    for ax, (label, imp) in zip(axes[0], values.items()):
-        items = sorted(imp.items(), key=lambda kv: kv[1])[-top:]
-        ax.barh([k for k, _ in items], [v for _, v in items], color=COLORS["trial"])
-        ax.set_title(f"parameter importance: {label}", fontsize=10)
-        ax.tick_params(axis="y", labelsize=7)
-        ax.set_xlabel("importance (PED-ANOVA, normalised)")
-    fig.tight_layout()
-    return fig
+def importances(study: Any, space: Space, top: int = 20) -> Figure | str:
+    """Optuna's parameter importance plot (PED-ANOVA) over the most sampled method's trials, per objective."""
+    from optuna.visualization.matplotlib import plot_param_importances
+
+    picked = _importance_trials(study)
+    if isinstance(picked, str):
+        return picked
+    method, chosen, names = picked
+    view = _view(study, chosen)
+    figures = []
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
+            for label, target in _importance_targets(study, space).items():
+                ax = _optuna_plot(lambda: plot_param_importances(view, params=names, target=target,
+                                                                  target_name=f"{label} ({method})"))
+                ax.tick_params(axis="y", labelsize=7)
+                if ax.get_legend() is not None:  # it names the target, which the title does
+                    ax.get_legend().remove()
+                shown = ""
+                if len(names) > top:  # Optuna draws the most important at the top: show those, values unchanged
+                    ax.set_ylim(len(names) - top - 0.5, len(names) - 0.5)
+                    for text in ax.texts:  # (the value labels of the bars cut off)
+                        text.set_clip_on(True)
+                    shown = f" (top {top} of {len(names)})"
+                ax.set_title(f"{label} ({method}){shown}", loc="left", fontsize=9)
+                ax.set_xlabel("importance (PED-ANOVA, normalised)")
+                ax.figure.set_size_inches(6.5, 0.32 * min(len(names), top) + 1.8)
+                ax.figure.tight_layout()
+                figures.append(ax.figure)
+    except (RuntimeError, ValueError, ZeroDivisionError) as exc:
+        for f in figures:
+            plt.close(f)
+        return f"Optuna could not compute importances ({type(exc).__name__}: {exc})"
+    return figures[0] if len(figures) == 1 else _side_by_side(figures, width=6.5,
+                                                               height=0.32 * min(len(names), top) + 1.8)
 
 
 def select_vs_search(selection: Selection) -> Figure | str:

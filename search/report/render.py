@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,8 @@ from search.report.tables import (
     test_frame,
 )
 from search.selection.record import Item, Selection, read_selection, ref_label
+from search.study.folder import REPORT_FILES, RunFolder
 
-REPORT_HTML = "report.html"
-REPORT_MD = "report.md"
-REPORT_FILES = "report_files"
 PLOTS = (
     ("history", "Optimization history (search split)"),
     ("front", "Frontier, interpolations, soups and baselines"),
@@ -48,27 +45,26 @@ PLOTS = (
 def render_report(run_dir: str | Path, *, selection: Selection | None = None, study: Any = None,
                   space: Space | None = None, layout: Any = None) -> tuple[Path, Path]:
     """Write the report files of a run folder; returns (report.html, report.md)."""
-    from search.merging.oneshot import load_layout
-    from search.selection.select import load_study, loaded_from_run
-    from search.study.baselines import recorded_baselines
+    from search.weights.layout import load_layout
     from search.study.progress import trials_frame
 
-    run_dir = Path(run_dir)
-    selection = selection or read_selection(run_dir)
-    loaded = loaded_from_run(run_dir)
+    folder = RunFolder(run_dir)
+    run_dir = folder.path
+    selection = selection or read_selection(folder)
+    loaded = folder.loaded()
     space = space or loaded.space
-    study = study if study is not None else load_study(run_dir, space)
+    study = study if study is not None else folder.study()
     trials = study.get_trials(deepcopy=False)
-    baselines = recorded_baselines(study)
-    files = run_dir / REPORT_FILES
+    baselines = folder.baselines(study)
+    files = folder.report_files
     files.mkdir(exist_ok=True)
     # the table `search trials RUN_DIR --out trials.csv` writes
-    trials_frame(space, trials, baselines).to_csv(files / "trials.csv", index=False)
+    folder.write_text(files / "trials.csv", trials_frame(space, study, baselines).to_csv(index=False))
 
     if layout is None:
         layout = load_layout(loaded.base_model, trust_remote_code=space.trust_remote_code)
     figures: dict[str, Any] = {
-        "history": lambda: plots.history(space, trials, baselines),
+        "history": lambda: plots.history(space, study, baselines),
         "front": lambda: plots.front(selection, trials),
         "heatmap": lambda: plots.coefficient_heatmap(selection, layout, list(space.models)),
         "importance": lambda: plots.importances(study, space),
@@ -85,19 +81,12 @@ def render_report(run_dir: str | Path, *, selection: Selection | None = None, st
         result.savefig(buffer, format="png", dpi=110)
         plots.plt.close(result)
         images[name] = buffer.getvalue()
-        (files / f"{name}.png").write_bytes(images[name])  # type: ignore[arg-type]
+        folder.write_bytes(files / f"{name}.png", images[name])  # type: ignore[arg-type]
 
     context = _Context(run_dir, selection, space)
-    html_path = _write(run_dir / REPORT_HTML, _html(context, images))
-    md_path = _write(run_dir / REPORT_MD, _markdown(context, images))
+    html_path = folder.write_text(folder.report_html, _html(context, images))
+    md_path = folder.write_text(folder.report_md, _markdown(context, images))
     return html_path, md_path
-
-
-def _write(path: Path, text: str) -> Path:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def dashboard_command(run_dir: Path, space: Space) -> str:

@@ -20,8 +20,6 @@ trials (one that lies outside the searched space). The merge spec of every candi
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -31,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from search.errors import UserError
 from search.merging.spec import MergeSpec
+from search.study.folder import SELECTION, RunFolder
 
-SELECTION = "selection.json"
 ItemKind = Literal["trial", "baseline", "interpolation", "greedy_soup", "uniform_soup"]
 Direction = Literal["maximize", "minimize"]
 
@@ -235,18 +233,12 @@ class Selection(_Record):
         return next((it for it in self.items if it.kind in ("trial", "baseline") and it.refs == [ref]), None)
 
 
-def write_selection(run_dir: Path, selection: Selection) -> Path:
+def write_selection(run_dir: Path | RunFolder, selection: Selection) -> Path:
     """Write ``selection.json`` atomically (a reader never sees half a file)."""
-    path = Path(run_dir) / SELECTION
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(selection.model_dump_json(indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    folder = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+    return folder.write_text(folder.selection_file, selection.model_dump_json(indent=2) + "\n")
 
 
-def read_selection(run_dir: Path) -> Selection:
-    path = Path(run_dir) / SELECTION
-    if not path.exists():
-        raise UserError(f"'{run_dir}' has no {SELECTION}", field="RUN_DIR",
-                        fix=f"run `search select {run_dir}` first")
-    return Selection.model_validate(json.loads(path.read_text()))
+def read_selection(run_dir: Path | RunFolder) -> Selection:
+    folder = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+    return Selection.model_validate(folder.read_json(SELECTION))

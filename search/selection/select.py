@@ -1,7 +1,8 @@
 """``search select RUN_DIR``: from a finished (or interrupted) study to a winner picked on select, and the few
 models that matter scored once on test, with intervals.
 
-Works from the run folder alone (the study storage and ``resolved.json``), so it can be re-run at any time:
+Works from the run folder alone (read through :class:`~search.study.folder.RunFolder`: the study, its candidates'
+records and ``resolved.json``), so it can be re-run at any time:
 
 1. the frontier of the complete candidates (trials and hand-set baselines) on the search split: the Pareto
    front of a multi-objective study (``optimize: pareto``; at most ``max_front`` points, ends and the best
@@ -31,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from search.config.space import LoadedSpace, Space
+from search.config.space import Space
 from search.errors import UserError
 from search.merging.spec import MergeSpec
 from search.selection.interpolate import check_alphas, interpolation_parts
@@ -52,6 +53,7 @@ from search.selection.record import (
 )
 from search.selection.rescore import Request, Scorer, ScoringFailed
 from search.selection.soups import greedy_soup, uniform
+from search.study.folder import RunFolder
 
 
 def value_direction(space: Space) -> str:
@@ -63,31 +65,6 @@ def value_direction(space: Space) -> str:
 def weighted_value(space: Space, scores: dict[str, float]) -> float:
     """The study's scalarised view of a score dict (``Space.weighted``)."""
     return space.weighted(scores)
-
-
-def loaded_from_run(run_dir: Path) -> LoadedSpace:
-    """The space of a run as it was resolved at start (absolute parent paths), from ``resolved.json``."""
-    from search.study.storage import read_resolved
-
-    resolved = read_resolved(run_dir)
-    space = Space.model_validate(resolved["space"])
-    base = space.base_model if space.base_model is not None else next(iter(space.models.values()))
-    return LoadedSpace(space=space, file=Path(resolved["space_file"]), base_model=Path(base),
-                       models={n: Path(p) for n, p in space.models.items()}, output=Path(run_dir))
-
-
-def load_study(run_dir: Path, space: Space) -> Any:
-    """The run's study (read as it is; a run in progress in another process keeps running)."""
-    import optuna
-
-    from search.study.storage import STUDY_NAME, open_storage
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return optuna.load_study(study_name=STUDY_NAME, storage=open_storage(Path(run_dir), space))
-    except KeyError:
-        raise UserError(f"'{run_dir}' holds no study yet", field="RUN_DIR",
-                        fix="start the run with `search start SPACE.yaml` first") from None
 
 
 def run_facts(space: Space, study: Any) -> RunFacts:
@@ -120,6 +97,7 @@ class Candidates:
         from optuna.trial import TrialState
 
         from search.study.baselines import recorded_baselines
+        from search.study.candidate import read_record
 
         names = [o.name for o in space.objectives]
         self.specs: dict[str, MergeSpec] = {}
@@ -127,21 +105,21 @@ class Candidates:
         self.baseline: dict[str, str] = {}
         seen: set[str] = set()
 
-        def add(ref: str, spec: str, search: dict[str, Any], baseline: str | None) -> None:
-            if spec in seen or any(n not in search for n in names):
+        def add(ref: str, spec: MergeSpec, search: dict[str, Any], baseline: str | None) -> None:
+            key = spec.model_dump_json()
+            if key in seen or any(n not in search for n in names):
                 return
-            seen.add(spec)
-            self.specs[ref] = MergeSpec.model_validate_json(spec)
+            seen.add(key)
+            self.specs[ref] = spec
             self.search[ref] = {n: float(search[n]) for n in names}
             if baseline:
                 self.baseline[ref] = baseline
 
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         for t in sorted(complete, key=lambda t: t.number):
-            if "spec" in t.user_attrs:
-                add(trial_ref(t.number), t.user_attrs["spec"],
-                    {n: t.user_attrs[f"search.{n}"] for n in names if f"search.{n}" in t.user_attrs},
-                    t.user_attrs.get("baseline"))
+            record = read_record(t.user_attrs)
+            if record.spec is not None:
+                add(trial_ref(t.number), record.spec, record.search, record.baseline)
         for b in recorded_baselines(study):
             if b.trial is None and b.state == "COMPLETE" and b.spec:
                 add(f"baseline:{b.name}", b.spec, b.search, b.name)
@@ -184,9 +162,10 @@ def select_run(run_dir: str | Path, *, progress: bool = True, options: Options |
     run_dir = Path(run_dir)
     if options is not None and options.alphas is not None:
         check_alphas(options.alphas)  # bad knobs are refused before anything is read
-    loaded = loaded_from_run(run_dir)
+    folder = RunFolder(run_dir)
+    loaded = folder.loaded()
     space = loaded.space
-    study = load_study(run_dir, space)
+    study = folder.study()
     cands = Candidates(space, study)
     if not cands.refs:
         raise UserError(f"the study in '{run_dir}' has no complete trial to select from", field="RUN_DIR",
@@ -271,7 +250,7 @@ def select_run(run_dir: str | Path, *, progress: bool = True, options: Options |
         if owned:
             backend.close()
     selection.seconds["total"] = time.perf_counter() - t_start
-    write_selection(run_dir, selection)
+    write_selection(folder, selection)
     return selection
 
 

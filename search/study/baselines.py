@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from search.merging.spec import MergeSpec
+from search.study.candidate import BASELINE_PREFIX, CandidateRecord, read_outside_baseline, read_record
 
 # Baselines outside the searched space (another method, a value out of range) are kept in the study's user
 # attributes under this prefix, not as trials: samplers that learn from the parameters all trials share
 # (CMA-ES, GP, QMC, NSGA, multivariate TPE) would otherwise fall back to random search.
-STUDY_ATTR_PREFIX = "baseline:"
+STUDY_ATTR_PREFIX = BASELINE_PREFIX
 
 TA_LAMBDAS = (0.3, 0.5, 0.7, 1.0)
 
@@ -56,32 +57,43 @@ class BaselineRecord:
 
     name: str
     state: str  # COMPLETE | FAIL
-    spec: str  # MergeSpec JSON
-    search: dict[str, float] = field(default_factory=dict)  # search-split score per objective
+    record: CandidateRecord
     values: list[float] | None = None
     intermediate: dict[int, float] = field(default_factory=dict)  # scalarised partial score per slice
-    partials: list[list[float]] = field(default_factory=list)  # per slice, per objective
     trial: int | None = None
-    fail_reason: str | None = None
+
+    @property
+    def spec(self) -> MergeSpec | None:
+        return self.record.spec
+
+    @property
+    def search(self) -> dict[str, float]:
+        """Search-role score per objective."""
+        return self.record.search
+
+    @property
+    def partials(self) -> list[list[float]]:
+        return self.record.partials
+
+    @property
+    def fail_reason(self) -> str | None:
+        return self.record.fail_reason
 
 
 def recorded_baselines(study: Any) -> list[BaselineRecord]:
-    """Every baseline a study has scored, in the order they were recorded."""
+    """Every baseline a study has scored, in the order they were recorded (records of any version)."""
     from optuna.trial import TrialState
 
     out: list[BaselineRecord] = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-        if "baseline" not in t.user_attrs:
+        record = read_record(t.user_attrs)
+        if record.baseline is None:
             continue
-        a = t.user_attrs
-        out.append(BaselineRecord(
-            name=a["baseline"], state=t.state.name, spec=a.get("spec", ""), values=t.values,
-            search={k.removeprefix("search."): v for k, v in a.items() if k.startswith("search.")},
-            intermediate=dict(t.intermediate_values),
-            partials=[a[f"partial_{i}"] for i in range(a.get("slices_scored", 0)) if f"partial_{i}" in a],
-            trial=t.number, fail_reason=a.get("fail_reason")))
-    for key, record in study.user_attrs.items():
-        if key.startswith(STUDY_ATTR_PREFIX):
-            out.append(BaselineRecord(**{**record, "intermediate": {int(k): v for k, v in
-                                                                     record.get("intermediate", {}).items()}}))
+        out.append(BaselineRecord(name=record.baseline, state=t.state.name, record=record, values=t.values,
+                                  intermediate=dict(t.intermediate_values), trial=t.number))
+    for key, value in study.user_attrs.items():
+        if key.startswith(BASELINE_PREFIX):
+            b = read_outside_baseline(value)
+            out.append(BaselineRecord(name=b.name, state=b.state, record=b.record, values=b.values,
+                                      intermediate=b.intermediate))
     return out

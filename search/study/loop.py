@@ -9,7 +9,6 @@ and asks the next trial for that slot. With the in-process backend there is one 
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections import deque
@@ -28,10 +27,11 @@ from search.study import storage
 from search.study.baselines import (
     STUDY_ATTR_PREFIX,
     Baseline,
-    BaselineRecord,
     hand_set_baselines,
     recorded_baselines,
 )
+from search.study.candidate import RECORD_KEY, CandidateRecord, OutsideBaseline, read_record
+from search.study.folder import RunFolder
 from search.study.progress import RunProgress, counted
 from search.study.pruning import dominated_by_front, make_pruner
 from search.study.samplers import make_sampler
@@ -70,6 +70,7 @@ class InFlight:
     merge_seconds: float = 0.0
     eval_seconds: float = 0.0
     retry_of: int | None = None
+    refined_from: int | None = None
 
 
 @dataclass
@@ -159,19 +160,22 @@ class Driver:
         """
         stale = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for t in stale:
-            self._fail_interrupted(t.number, t.params, reason, retry_of=t.user_attrs.get("retry_of"))
+            self._fail_interrupted(t, reason)
         return len(stale)
 
-    def _fail_interrupted(self, number: int, params: dict[str, Any], reason: str, *,
-                          retry_of: int | None = None) -> None:
+    def _fail_interrupted(self, trial: optuna.trial.FrozenTrial, reason: str) -> None:
         """Fail a trial that was cut off; enqueue its parameters again unless it was itself a retry."""
-        # The trial object of a dead driver is gone: set its attributes through the storage's public API.
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
-        self.storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-        self.storage.set_trial_user_attr(trial_id, "interrupted", True)
-        self.study.tell(number, state=TrialState.FAIL)
-        if retry_of is None and params:
-            self.study.enqueue_trial(params, user_attrs={"retry_of": number}, skip_if_exists=False)
+        record = read_record(trial.user_attrs).model_copy(update={"fail_reason": reason, "interrupted": True})
+        # The trial object of a dead driver is gone: set its record through the storage's public API.
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        self.storage.set_trial_user_attr(trial_id, RECORD_KEY, record.dump())
+        self.study.tell(trial.number, state=TrialState.FAIL)
+        if record.retry_of is None and trial.params:
+            self._enqueue_retry(trial.params, trial.number)
+
+    def _enqueue_retry(self, params: dict[str, Any], number: int) -> None:
+        """Enqueue a cut-off trial's parameters once more; the retry's record says which trial it retries."""
+        self.study.enqueue_trial(params, user_attrs=CandidateRecord(retry_of=number).attrs(), skip_if_exists=False)
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -236,9 +240,11 @@ class Driver:
         trial = self.study.ask()
         params = suggest(trial, self.plan)
         spec = spec_from_params(params, self.plan)
-        trial.set_user_attr("method", spec.method)
-        retry_of = trial.user_attrs.get("retry_of")
-        return InFlight(spec=spec, params={k: v for k, v in trial.params.items()}, trial=trial, retry_of=retry_of)
+        enqueued = read_record(trial.user_attrs)  # a retry (or a refinement) was enqueued with its record
+        current = InFlight(spec=spec, params={k: v for k, v in trial.params.items()}, trial=trial,
+                           retry_of=enqueued.retry_of, refined_from=enqueued.refined_from)
+        trial.set_user_attr(RECORD_KEY, self._record(current, spec=False).dump())  # what runs, while it runs
+        return current
 
     def _handle(self, result: JobResult) -> None:
         current = self.slots[result.slot]
@@ -293,50 +299,44 @@ class Driver:
             if not self.wilcoxon:  # (wilcoxon: the documents were reported as they came)
                 current.trial.report(scalarize(self.space, scores), step)
             return current.trial.should_prune()
-        current.trial.set_user_attr(f"partial_{step}", [scores[o.name] for o in self.space.objectives])
+        current.trial.set_user_attr(RECORD_KEY, self._record(current, spec=False).dump())
         if self.space.pruner_name != "pareto":
             return False
-        front = [t.user_attrs[f"partial_{step}"] for t in self.study.best_trials if f"partial_{step}" in t.user_attrs]
+        front = [p.partials[step] for p in map(read_record, (t.user_attrs for t in self.study.best_trials))
+                 if len(p.partials) > step]
         partial = [scores[o.name] for o in self.space.objectives]
         return dominated_by_front(partial, front, self.maximize, self.space.pruner.margin)
 
-    def _attrs(self, current: InFlight) -> dict[str, Any]:
-        attrs: dict[str, Any] = {
-            "method": current.spec.method,
-            "spec": json.dumps(current.spec.model_dump(mode="json")),
-            "merge_seconds": round(current.merge_seconds, 4),
-            "eval_seconds": round(current.eval_seconds, 4),
-            "slices_scored": len(current.partials),
-        }
-        for step, scores in enumerate(current.partials):
-            attrs[f"partial_{step}"] = [scores[o.name] for o in self.space.objectives]
-        if current.partials:
-            for name, value in current.partials[-1].items():
-                attrs[f"search.{name}"] = value
-        if current.baseline is not None:
-            attrs["baseline"] = current.baseline.name
-        return attrs
+    def _record(self, current: InFlight, state: TrialState | None = None, *, reason: str | None = None,
+                lost: bool = False, spec: bool = True) -> CandidateRecord:
+        """The candidate's record as it stands (``state``: how it ended, when it has). While it runs, the record
+        is written without the spec (the trial's parameters say it; the journal need not hold it twice)."""
+        partials = [[scores[o.name] for o in self.space.objectives] for scores in current.partials]
+        return CandidateRecord(
+            method=current.spec.method, spec=current.spec if spec else None,
+            baseline=current.baseline.name if current.baseline is not None else None,
+            search=dict(current.partials[-1]) if current.partials else {}, partials=partials,
+            merge_seconds=round(current.merge_seconds, 4), eval_seconds=round(current.eval_seconds, 4),
+            fail_reason=reason or None, interrupted=lost and current.retry_of is None,
+            pruned_at=current.step if state == TrialState.PRUNED else None,
+            retry_of=current.retry_of, refined_from=current.refined_from)
 
     def _finish(self, slot: int, current: InFlight, state: TrialState, *, reason: str | None = None,
                 lost: bool = False) -> None:
         self.slots[slot] = None
-        attrs = self._attrs(current)
-        if reason:
-            attrs["fail_reason"] = reason
+        record = self._record(current, state, reason=reason, lost=lost)
         final = current.partials[-1] if current.partials else None
         values: list[float] | None = None
         if state == TrialState.COMPLETE and final is not None:
             values = ([final[o.name] for o in self.space.objectives] if self.space.mode == "pareto"
                       else [scalarize(self.space, final)])
         if current.trial is None:
-            self._add_baseline(current, state, values, attrs)
+            self._add_baseline(current, state, values, record)
         else:
-            for key, value in attrs.items():
-                current.trial.set_user_attr(key, value)
-            if lost and current.retry_of is None:
-                current.trial.set_user_attr("interrupted", True)
+            current.trial.set_user_attr(RECORD_KEY, record.dump())
+            if record.interrupted:
                 self.study.tell(current.trial, state=TrialState.FAIL)
-                self.study.enqueue_trial(current.params, user_attrs={"retry_of": current.trial.number})
+                self._enqueue_retry(current.params, current.trial.number)
             elif state == TrialState.COMPLETE:
                 self.study.tell(current.trial, values if len(values or []) > 1 else values[0])  # type: ignore[index]
             else:
@@ -345,7 +345,7 @@ class Driver:
         self.progress.update(self.study, done=self._done(), finished_state=state, baseline=current.baseline)
 
     def _add_baseline(self, current: InFlight, state: TrialState, values: list[float] | None,
-                      attrs: dict[str, Any]) -> None:
+                      record: CandidateRecord) -> None:
         intermediate = {}
         if self.wilcoxon and current.documents:  # a best trial must hold every document, as sampled ones do
             intermediate = self._steps(current.documents)
@@ -354,17 +354,14 @@ class Driver:
         params = current.params
         assert current.baseline is not None
         if not params:  # outside the space: a study attribute, not a trial (see baselines.STUDY_ATTR_PREFIX)
-            record = BaselineRecord(
-                name=current.baseline.name, state=state.name, spec=attrs["spec"], values=values,
-                search={k.removeprefix("search."): v for k, v in attrs.items() if k.startswith("search.")},
-                intermediate=intermediate, partials=[attrs[f"partial_{i}"] for i in range(len(current.partials))],
-                fail_reason=attrs.get("fail_reason"))
-            self.study.set_user_attr(STUDY_ATTR_PREFIX + record.name, record.__dict__)
+            outside = OutsideBaseline(name=current.baseline.name, state=state.name, values=values,
+                                      intermediate=intermediate, record=record)
+            self.study.set_user_attr(STUDY_ATTR_PREFIX + outside.name, outside.dump())
             return
         dists = distributions(self.plan, current.spec.method)
         trial = optuna.trial.create_trial(
             state=state, values=values, params=params, distributions={k: dists[k] for k in params},
-            user_attrs=attrs, intermediate_values=intermediate,
+            user_attrs=record.attrs(), intermediate_values=intermediate,
         )
         self.study.add_trial(trial)
 
@@ -457,7 +454,7 @@ def validate_run(loaded: LoadedSpace) -> SearchPlan:
     layout (its config, on the meta device) and the search plan. Bad input raises UserError; nothing is written.
     """
     from search.config.yaml_io import located
-    from search.merging.oneshot import load_layout
+    from search.weights.layout import load_layout
 
     try:
         preflight(loaded)
@@ -477,7 +474,7 @@ def finished_run(loaded: LoadedSpace, *, select: bool) -> RunSummary | None:
         return None
     if journal is not None and not journal.exists():
         return None
-    if select and not (run_dir / "selection.json").exists():
+    if select and not RunFolder(run_dir).has_selection:
         return None
     try:
         study = optuna.load_study(study_name=storage.STUDY_NAME, storage=storage.open_storage(run_dir, space))

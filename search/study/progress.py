@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config.space import Space
+from search.study.candidate import read_record
 
 
 def best_scores(space: Space, scored: list[dict[str, float]]) -> dict[str, float]:
@@ -27,15 +28,15 @@ def best_scores(space: Space, scored: list[dict[str, float]]) -> dict[str, float
 
 
 def search_scores(trials: list[FrozenTrial]) -> list[dict[str, float]]:
-    """The ``search.<objective>`` attributes of the complete trials."""
-    return [{k.removeprefix("search."): v for k, v in t.user_attrs.items() if k.startswith("search.")}
-            for t in trials if t.state == TrialState.COMPLETE]
+    """The search score per objective of the complete trials (their records)."""
+    return [read_record(t.user_attrs).search for t in trials if t.state == TrialState.COMPLETE]
 
 
 def counted(t: FrozenTrial) -> bool:
     """Whether a finished trial counts toward the budget (baselines, refined trials and interrupted attempts do
     not)."""
-    if "baseline" in t.user_attrs or "refined_from" in t.user_attrs or t.user_attrs.get("interrupted"):
+    record = read_record(t.user_attrs)
+    if record.baseline is not None or record.refined_from is not None or record.interrupted:
         return False
     return t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -98,7 +99,7 @@ def status_of(space: Space, study: optuna.Study, *, driver: dict[str, Any] | Non
     live = driver is not None if live is None else live
     eta = (budget - len(sampled)) / rate if (rate and budget is not None and live) else None
     failed = [t for t in sampled if t.state == TrialState.FAIL]
-    cut = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("interrupted")]
+    cut = [t for t in trials if t.state == TrialState.FAIL and read_record(t.user_attrs).interrupted]
     return Status(
         done=len(sampled), budget=budget,
         running=sum(t.state == TrialState.RUNNING for t in trials),
@@ -108,11 +109,11 @@ def status_of(space: Space, study: optuna.Study, *, driver: dict[str, Any] | Non
         baselines=len(baselines), best=best_scores(space, search_scores(trials)),
         best_baseline=best_scores(space, [b.search for b in baselines if b.state == "COMPLETE"]),
         trials_per_minute=rate, eta_minutes=eta,
-        failures=[(t.number, t.user_attrs.get("fail_reason", "?")) for t in failed],
-        interrupted=[(t.number, t.user_attrs.get("fail_reason", "?")) for t in cut],
+        failures=[(t.number, read_record(t.user_attrs).fail_reason or "?") for t in failed],
+        interrupted=[(t.number, read_record(t.user_attrs).fail_reason or "?") for t in cut],
         driver=driver, live=live,
-        refined=[(t.number, int(t.user_attrs["refined_from"])) for t in trials
-                 if "refined_from" in t.user_attrs and t.state == TrialState.COMPLETE],
+        refined=[(t.number, int(r.refined_from)) for t, r in ((t, read_record(t.user_attrs)) for t in trials)
+                 if r.refined_from is not None and t.state == TrialState.COMPLETE],
     )
 
 
@@ -198,39 +199,39 @@ class RunProgress:
             self._progress = None
 
 
-def trials_frame(space: Space, trials: list[FrozenTrial], baselines: list[Any] | None = None) -> Any:
-    """One row per trial (and per baseline kept outside the trials): number, state, method, baseline, search
-    score per objective, times, failure reason."""
-    import json
+RECORD_COLUMNS = ("method", "baseline", "slices_scored", "merge_seconds", "eval_seconds", "fail_reason",
+                  "interrupted", "pruned_at", "retry_of", "refined_from")
 
+
+def trials_frame(space: Space, study: optuna.Study, baselines: list[Any] | None = None) -> Any:
+    """One row per trial (and per baseline kept outside the trials): Optuna's ``study.trials_dataframe`` (number,
+    state, value(s), ``params_*``, start, complete, duration) joined with each trial's record (method, baseline,
+    ``search.<objective>``, timings, notes); ``value`` is the weighted view of a single-objective study."""
     import pandas as pd
 
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "datetime_start",
+                                          "datetime_complete", "duration"))
+    if frame.empty:
+        frame = pd.DataFrame({"number": pd.Series(dtype="Int64")})
+    frame = frame.rename(columns={c: "value" for c in frame.columns if c == "value_weighted"})
+    trials = study.get_trials(deepcopy=False)
+    records = [read_record(t.user_attrs) for t in trials]
+    extra = pd.DataFrame([_record_row(space, r) for r in records], index=frame.index[:len(records)])
+    frame = pd.concat([frame, extra], axis=1) if records else frame
+    if "duration" in frame:
+        frame["duration_s"] = pd.to_timedelta(frame.pop("duration")).dt.total_seconds()
+    in_trials = {r.baseline for r in records}
     rows = []
-    in_trials = {t.user_attrs.get("baseline") for t in trials}
     for b in baselines or []:
         if b.name in in_trials:
             continue
-        row = {"number": None, "state": b.state, "method": json.loads(b.spec)["method"] if b.spec else None,
-               "baseline": b.name}
-        row.update({f"search.{o.name}": b.search.get(o.name) for o in space.objectives})
+        row = {"number": None, "state": b.state, **_record_row(space, b.record)}
         row["value"] = b.values[0] if b.values and len(b.values) == 1 else None
-        row["fail_reason"] = b.fail_reason
         rows.append(row)
-    for t in trials:
-        row: dict[str, Any] = {
-            "number": t.number, "state": t.state.name, "method": t.user_attrs.get("method"),
-            "baseline": t.user_attrs.get("baseline"),
-        }
-        for o in space.objectives:
-            row[f"search.{o.name}"] = t.user_attrs.get(f"search.{o.name}")
-        row["value"] = t.values[0] if t.values and len(t.values) == 1 else None
-        row["slices_scored"] = t.user_attrs.get("slices_scored")
-        row["merge_seconds"] = t.user_attrs.get("merge_seconds")
-        row["eval_seconds"] = t.user_attrs.get("eval_seconds")
-        row["duration_s"] = (t.datetime_complete - t.datetime_start).total_seconds() \
-            if t.datetime_complete and t.datetime_start else None
-        row["fail_reason"] = t.user_attrs.get("fail_reason")
-        row["retry_of"] = t.user_attrs.get("retry_of")
-        row.update({f"param.{k}": v for k, v in t.params.items()})
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.concat([pd.DataFrame(rows), frame], ignore_index=True) if rows else frame
+
+
+def _record_row(space: Space, record: Any) -> dict[str, Any]:
+    row = {c: getattr(record, c) for c in RECORD_COLUMNS}
+    row.update({f"search.{o.name}": record.search.get(o.name) for o in space.objectives})
+    return row

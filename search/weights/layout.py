@@ -22,7 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
+
+from search.errors import UserError
 
 ModuleKind = Literal["embedding", "attention", "mlp", "norm", "lm_head", "other"]
 MODULE_KINDS: tuple[ModuleKind, ...] = ("embedding", "attention", "mlp", "norm", "lm_head", "other")
@@ -175,3 +178,16 @@ def tied_aliases(config: object) -> dict[str, str]:
         if stored != name:
             aliases[name] = stored
     return aliases
+
+
+def load_layout(path: Path, *, trust_remote_code: bool = False, source: str | None = None) -> ModelLayout:
+    """The layout of the architecture in ``path/config.json`` (custom code only with ``trust_remote_code``)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, OSError) as exc:
+        raise UserError(f"transformers cannot read the config of '{path}' ({exc})", file=source, field="base_model",
+                        fix="use a transformers model type, or pass --trust-remote-code if the model "
+                            "ships its own code and you trust it") from exc
+    return ModelLayout.from_config(config)

@@ -3,9 +3,10 @@
 ``Parents`` holds the base's tensors and, per tensor, the task vectors of the ``k`` parents
 (:class:`~search.weights.deltas.TensorDeltas`: ``finetune_i - base`` as dense rows for full checkpoints, as
 low-rank factors for LoRA adapters, both mixed freely) in one dtype on one device. A candidate (a
-:class:`MergeSpec`) is merged straight into the parameters of a model allocated once by
-:meth:`Parents.build_model`: no disk, no model re-creation, no whole-model allocation per candidate. Methods linear
-in the task vectors use adapters' factors directly; the others see a dense stack built per tensor, on the fly.
+:class:`~search.merging.spec.MergeSpec`, or anything shaped like :class:`TensorMerge`) is merged straight into
+the parameters of a model allocated once by :meth:`Parents.build_model`: no disk, no model re-creation, no
+whole-model allocation per candidate. Methods linear in the task vectors use adapters' factors directly; the
+others see a dense stack built per tensor, on the fly.
 
 >>> parents = Parents.load("models/base", ["models/add", "adapters/rev"], dtype=torch.float32)  # doctest: +SKIP
 >>> model = parents.build_model()                                                            # doctest: +SKIP
@@ -19,12 +20,11 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from search.errors import UserError
-from search.merging.spec import MergeSpec
 from search.methods import TensorParams
 from search.weights.checks import check_parents
 from search.weights.deltas import TensorDeltas, merge_tensor
@@ -39,6 +39,21 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
+
+
+class TensorMerge(Protocol):
+    """What the parents need of a merge: ``search.merging.spec.MergeSpec`` is one. (A protocol, so that weights,
+    below merging, does not import it.)"""
+
+    method: str
+    model_parameters: tuple[Any, ...]
+
+    @property
+    def merge_method(self) -> Any: ...
+
+    def tensor_params(self, name: str, layout: ModelLayout) -> Any: ...
+
+    def tensor_seed(self, name: str) -> int | None: ...
 
 @dataclass
 class Parents:
@@ -212,7 +227,7 @@ class Parents:
             dispatch_model(model, device_map=module_devices(self.layout, placed))
         return model
 
-    def merge_into(self, model: Any, spec: MergeSpec, *, names: Sequence[str] | None = None) -> None:
+    def merge_into(self, model: Any, spec: TensorMerge, *, names: Sequence[str] | None = None) -> None:
         """Write the merge of ``spec`` into ``model``'s parameters, tensor by tensor, in place."""
         if len(spec.model_parameters) != self.num_models:
             raise ValueError(f"spec has {len(spec.model_parameters)} model parameter sets, parents have "
@@ -224,13 +239,13 @@ class Parents:
                 merge_tensor(method, base, deltas, self.tensor_params(spec, name),
                              seed=spec.tensor_seed(name), out=state[name])
 
-    def merge_tensor(self, spec: MergeSpec, name: str, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    def merge_tensor(self, spec: TensorMerge, name: str, *, out: torch.Tensor | None = None) -> torch.Tensor:
         """One merged tensor of ``spec`` (into ``out`` when given)."""
         (_, (base, deltas)), = self._placed([name])
         return merge_tensor(spec.merge_method, base, deltas, self.tensor_params(spec, name),
                             seed=spec.tensor_seed(name), out=out)
 
-    def tensor_params(self, spec: MergeSpec, name: str) -> TensorParams:
+    def tensor_params(self, spec: TensorMerge, name: str) -> TensorParams:
         """``spec``'s parameters for one tensor, with its statistics for a data-aware method."""
         params = spec.tensor_params(name, self.layout)
         kind = spec.merge_method.statistics
@@ -271,7 +286,7 @@ class Parents:
         """The dense ``(k, *shape)`` task vectors of one tensor, materialised on the device."""
         return self.deltas[name].stacked()
 
-    def merged_state(self, spec: MergeSpec) -> dict[str, torch.Tensor]:
+    def merged_state(self, spec: TensorMerge) -> dict[str, torch.Tensor]:
         """The merge of ``spec`` as a new state dict (for export and tests; the search uses merge_into)."""
         out: dict[str, torch.Tensor] = dict(self.fixed)
         with torch.no_grad():

@@ -3,6 +3,9 @@
 Only one tensor of each parent is in memory at a time (read lazily with ``safe_open``), so several 7B parents merge
 on a CPU machine with a few GB free. The method math is the same as the search's in-memory merges.
 
+It composes the config (the recipe), the merge spec and the weights, so it sits above the three packages (none of
+them imports it).
+
 >>> merge_recipe("recipe.yaml", "out/merged")   # doctest: +SKIP
 PosixPath('out/merged')
 """
@@ -19,7 +22,7 @@ from search.errors import UserError
 from search.merging.spec import MergeSpec
 from search.weights.checks import CheckedParents, check_parents
 from search.weights.deltas import TensorDeltas, merge_tensor
-from search.weights.layout import ModelLayout
+from search.weights.layout import ModelLayout, load_layout
 from search.weights.sources import base_value, delta_parts
 from search.weights.writer import DEFAULT_SHARD_BYTES, ModelFolderWriter, check_destination
 
@@ -68,19 +71,6 @@ def _check(recipe: Recipe, recipe_path: Path, allow_pickle: bool) -> CheckedPare
                                                         dtype=recipe.dtype))
                for i, m in enumerate(recipe.models)]
     return check_parents(listed, source=str(recipe_path), allow_pickle=allow_pickle)
-
-
-def load_layout(path: Path, *, trust_remote_code: bool = False, source: str | None = None) -> ModelLayout:
-    """The layout of the architecture in ``path/config.json`` (custom code only with ``trust_remote_code``)."""
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except (ValueError, KeyError, OSError) as exc:
-        raise UserError(f"transformers cannot read the config of '{path}' ({exc})", file=source, field="base_model",
-                        fix="use a transformers model type, or pass --trust-remote-code if the model "
-                            "ships its own code and you trust it") from exc
-    return ModelLayout.from_config(config)
 
 
 def _tokenizer_source(recipe: Recipe, recipe_path: Path, parents: CheckedParents) -> Path:
