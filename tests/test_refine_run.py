@@ -3,7 +3,6 @@ selection and export; and its refusals (exit 2, nothing written)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import optuna
@@ -83,7 +82,7 @@ def test_refined_trial_is_recorded_selected_and_exported(demo_run: Path, capsys:
     trials = _study(run).get_trials(deepcopy=False)
     assert len(trials) == len(before) + 1
     new = trials[-1]
-    assert new.state == TrialState.COMPLETE and new.user_attrs["refined_from"] == best.number
+    assert new.state == TrialState.COMPLETE and read_record(new.user_attrs).refined_from == best.number
     # the loss on the search documents dropped
     curve = new.user_attrs["refine_curve"]
     search = [p["search_loss"] for p in curve if "search_loss" in p]
@@ -97,8 +96,9 @@ def test_refined_trial_is_recorded_selected_and_exported(demo_run: Path, capsys:
     assert bool(moved) == (min(checked[1:]) < checked[0])
     assert new.user_attrs["refine_passes"]["train"] == 3 * 16 * len(search)
     # scored by the normal path on the search role: the value is the weighted view of its scores
-    assert new.value == pytest.approx(0.25 * new.user_attrs["search.add"] + 0.25 * new.user_attrs["search.rev"])
-    assert json.loads(new.user_attrs["spec"])["method"] == read_record(best.user_attrs).method
+    record = read_record(new.user_attrs)
+    assert new.value == pytest.approx(0.25 * record.search["add"] + 0.25 * record.search["rev"])
+    assert record.version >= 1 and record.spec is not None and record.spec.method == read_record(best.user_attrs).method
 
     assert _exit_code(["status", str(run)]) == 0
     status = capsys.readouterr().out

@@ -28,7 +28,6 @@ its forward's tokens).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +40,8 @@ from optuna.trial import FrozenTrial, TrialState
 from search.config.refine import Refine
 from search.errors import UserError
 from search.refine.linear import REFINED, LinearMerge, check_bounds, linear_kind
-from search.study.candidate import read_record
+from search.study.candidate import CandidateRecord, read_record
 
-REFINED_FROM = "refined_from"
 
 
 @dataclass
@@ -216,7 +214,7 @@ def pick_trial(study: optuna.Study, space: Any, wanted: str | int) -> FrozenTria
 def _already(study: optuna.Study, source: FrozenTrial, settings: Refine) -> RefineResult | None:
     """The refined trial of the same source and settings, when one was recorded already."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get(REFINED_FROM) == source.number and t.user_attrs.get("refine") == _settings_key(settings,
+        if read_record(t.user_attrs).refined_from == source.number and t.user_attrs.get("refine") == _settings_key(settings,
                                                                                                           source):
             return RefineResult(trial=t.number, source=source.number, curve=list(t.user_attrs.get("refine_curve", [])),
                                 search=dict(read_record(t.user_attrs).search),
@@ -367,15 +365,12 @@ def record(loaded: Any, plan: Any, study: optuna.Study, source: FrozenTrial, set
     last = len(space.pruner.slices) - 1
     if not intermediate and space.mode == "weighted":
         intermediate = {last: values[0]}
+    record = CandidateRecord(method=spec.method, spec=spec, search=dict(scores),
+                             partials=[[scores[o.name] for o in space.objectives]],
+                             merge_seconds=round(merge_seconds, 4), eval_seconds=round(eval_seconds, 4),
+                             refined_from=source.number)
     attrs: dict[str, Any] = {
-        "method": spec.method,
-        "spec": json.dumps(spec.model_dump(mode="json")),
-        "merge_seconds": round(merge_seconds, 4),
-        "eval_seconds": round(eval_seconds, 4),
-        "slices_scored": len(space.pruner.slices),
-        f"partial_{last}": [scores[o.name] for o in space.objectives],
-        **{f"search.{name}": value for name, value in scores.items()},
-        REFINED_FROM: source.number,
+        **record.attrs(),
         "refine": _settings_key(settings, source),
         "refine_curve": fit.curve,
         "refine_stopped_early": fit.stopped_early,
