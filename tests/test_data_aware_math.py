@@ -18,13 +18,30 @@ def test_fisher_merge_with_equal_fishers_is_the_weighted_mean() -> None:
     assert torch.allclose(merged, (thetas[0] + 2 * thetas[1] + thetas[2]) / 4, atol=1e-6)
 
 
-def test_fisher_merge_follows_the_confident_parent_and_falls_back_where_none_is() -> None:
-    thetas = torch.tensor([[1.0, 5.0, 2.0], [3.0, -1.0, 4.0]])
-    fishers = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
-    merged = fisher_merge(thetas, fishers)
-    assert merged.tolist() == [1.0, -1.0, 3.0]  # last entry: no Fisher anywhere, the plain mean
+def test_fisher_merge_follows_the_confident_parent_and_the_floor_gives_the_mean_where_none_is() -> None:
+    thetas = torch.tensor([[1.0, 5.0, 2.0], [3.0, -1.0, 4.0]], dtype=torch.float64)
+    fishers = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], dtype=torch.float64)
+    merged = fisher_merge(thetas, fishers, floor=1e-6)
+    # (F + eps)-weighted: the confident parent within ~eps, the plain mean where no parent has any Fisher
+    assert torch.allclose(merged, torch.tensor([1.0, -1.0, 3.0], dtype=torch.float64), atol=1e-5)
+    assert merged[2].item() == 3.0
     with pytest.raises(ValueError, match="negative"):
         fisher_merge(thetas, -fishers)
+    with pytest.raises(ValueError, match="positive sum"):
+        fisher_merge(thetas, fishers, [0.0, 0.0])
+
+
+def test_fisher_normalisation_divides_each_parent_by_its_whole_fisher_norm() -> None:
+    """FusionBench's normalize_fisher_weight: w_i = lambda_i (1/(|F_i|+eps)) / sum_j (1/(|F_j|+eps))."""
+    g = torch.Generator().manual_seed(7)
+    thetas = torch.randn(2, 5, generator=g, dtype=torch.float64)
+    fishers = torch.rand(2, 5, generator=g, dtype=torch.float64) * torch.tensor([[1.0], [100.0]], dtype=torch.float64)
+    norms = torch.linalg.vector_norm(fishers, dim=1)
+    merged = fisher_merge(thetas, fishers, [1.0, 1.0], floor=0.0, norms=norms)
+    # the same as scaling each Fisher to unit norm (the larger parent no longer dominates)
+    unit = fishers / norms.view(2, 1)
+    assert torch.allclose(merged, (unit * thetas).sum(0) / unit.sum(0), atol=1e-12)
+    assert (merged - fisher_merge(thetas, fishers, floor=0.0)).abs().max() > 1e-3
 
 
 def test_fisher_merge_is_the_maximiser_of_the_summed_laplace_posteriors() -> None:
@@ -32,7 +49,7 @@ def test_fisher_merge_is_the_maximiser_of_the_summed_laplace_posteriors() -> Non
     g = torch.Generator().manual_seed(1)
     thetas, fishers = torch.randn(2, 6, generator=g, dtype=torch.float64), torch.rand(2, 6, generator=g,
                                                                                        dtype=torch.float64)
-    merged = fisher_merge(thetas, fishers, [0.3, 0.7]).requires_grad_(True)
+    merged = fisher_merge(thetas, fishers, [0.3, 0.7], floor=0.0).requires_grad_(True)
     lam = torch.tensor([0.3, 0.7], dtype=torch.float64).view(2, 1)
     loss = (lam * fishers * (merged - thetas) ** 2).sum()
     loss.backward()

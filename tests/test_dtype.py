@@ -34,7 +34,20 @@ def _params(method: MergeMethod, k: int) -> TensorParams:
             per_model[spec.name] = torch.tensor([float(value) + s for s in shift], dtype=torch.float64)
         else:
             globals_[spec.name] = value
-    return TensorParams(per_model=per_model, globals=globals_, is_base=torch.zeros(k, dtype=torch.bool))
+    return TensorParams(per_model=per_model, globals=globals_, is_base=torch.zeros(k, dtype=torch.bool),
+                        statistics=_statistics(method, k))
+
+
+def _statistics(method: MergeMethod, k: int, shape: tuple[int, int] = (24, 40)) -> dict[str, torch.Tensor]:
+    """Per-parent statistics of the data-aware methods, for tensors shaped as :func:`_inputs` makes them."""
+    g = torch.Generator().manual_seed(11)
+    if method.statistics == "fisher":
+        fisher = torch.rand((k, *shape), generator=g)
+        return {"fisher": fisher, "fisher_norm": torch.linalg.vector_norm(fisher.reshape(k, -1), dim=1)}
+    if method.statistics == "gram":
+        x = torch.randn(k, 3 * shape[1], shape[1], generator=g)
+        return {"gram": x.transpose(1, 2) @ x / x.shape[1]}
+    return {}
 
 
 def _inputs(method: MergeMethod, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,6 +160,19 @@ def test_seeded_methods_give_the_same_weights_on_cuda_and_cpu(name: str) -> None
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-5, atol=1e-6)
     dare = random_mask(deltas[0].cuda(), 0.3, make_generator(5))
     assert dare is not None and torch.equal(dare.cpu(), random_mask(deltas[0], 0.3, make_generator(5)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["fisher", "regmean"])
+def test_data_aware_methods_merge_on_cuda_with_statistics_held_on_the_cpu(name: str) -> None:
+    """Statistics stay where the parents' base is held (pinned CPU memory when streamed): the merge moves them."""
+    method = METHODS[name]
+    base, deltas = _inputs(method, seed=3)
+    params = _params(method, deltas.shape[0])
+    on_cpu = method.merge(base, deltas, params)
+    on_gpu = method.merge(base.cuda(), deltas.cuda(), params)
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-5, atol=1e-6)
 
 
 SCORE = '''

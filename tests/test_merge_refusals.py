@@ -177,3 +177,12 @@ def test_entry_point_exit_code(world: Path) -> None:
     assert proc.returncode == 2
     assert "merge_method" in proc.stderr and "Fix:" in proc.stderr
     assert not (world / "out").exists()
+
+
+@pytest.mark.parametrize("method", ["fisher", "regmean"])
+def test_a_data_aware_method_is_refused_in_a_one_shot_merge(world: Path, capsys: pytest.CaptureFixture[str],
+                                                           method: str) -> None:
+    """fisher/regmean read statistics of calibration data, which only a run computes (issue 15)."""
+    recipe = ties(world, merge_method=method, models=[{"model": str(world / "ft0")}, {"model": str(world / "ft1")}])
+    refused(world, write_recipe(world, recipe), capsys, "field 'merge_method'", "statistics of calibration data",
+            "`calibration:` source")

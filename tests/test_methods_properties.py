@@ -15,10 +15,11 @@ ORDER = [
     "breadcrumbs_ties", "della", "della_linear", "model_stock",
     "nuslerp", "multislerp", "karcher", "sce", "ram", "ramplus_tl", "nearswap", "arcee_fusion", "passthrough",
     "tsv", "iso_c", "iso_cts", "magmax", "checkpoint_average", "checkpoint_ema", "lawa",
+    "fisher", "regmean",
 ]
 # identical models give the base only up to rounding (a norm and a direction recombined, or a convex combination
 # of equal numbers) or, for passthrough, the model times its scale
-NOT_EXACTLY_THE_BASE = {"karcher", "nearswap", "passthrough"}
+NOT_EXACTLY_THE_BASE = {"karcher", "nearswap", "passthrough", "fisher", "regmean"}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -47,11 +48,11 @@ def cases(draw, names: list[str] = ORDER, dtypes: list[torch.dtype] = DTYPES):
     if base_at is not None:
         deltas[base_at] = 0
         is_base[base_at] = True
-    return method, base, deltas, draw(params_for(method, k, is_base)), seed
+    return method, base, deltas, draw(params_for(method, k, is_base, shape)), seed
 
 
 @st.composite
-def params_for(draw, method: MergeMethod, k: int, is_base: torch.Tensor):
+def params_for(draw, method: MergeMethod, k: int, is_base: torch.Tensor, shape: tuple[int, ...] = (1,)):
     """Valid values: numbers from each parameter's search range, booleans either way."""
     per_model, globals_ = {}, {}
     for spec in method.params:
@@ -69,7 +70,24 @@ def params_for(draw, method: MergeMethod, k: int, is_base: torch.Tensor):
             per_model[spec.name] = torch.tensor(values, dtype=torch.float64)
         else:
             globals_[spec.name] = draw(value) if isinstance(value, st.SearchStrategy) else value
-    return TensorParams(per_model=per_model, globals=globals_, is_base=is_base)
+    return TensorParams(per_model=per_model, globals=globals_, is_base=is_base,
+                        statistics=draw(statistics_for(method, k, shape)))
+
+
+@st.composite
+def statistics_for(draw, method: MergeMethod, k: int, shape: tuple[int, ...]):
+    """Data-aware methods' per-parent statistics: Fishers (>= 0) per entry; a Gram (positive definite) per
+    parent for a 2-D tensor, the weight of a linear layer (other tensors have none: the plain mean)."""
+    if method.statistics is None:
+        return {}
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    if method.statistics == "fisher":
+        fisher = torch.rand((k, *shape), generator=g)
+        return {"fisher": fisher, "fisher_norm": torch.linalg.vector_norm(fisher.reshape(k, -1), dim=1)}
+    if len(shape) != 2:
+        return {}
+    x = torch.randn(k, 3 * shape[1] + 2, shape[1], generator=g, dtype=torch.float64)
+    return {"gram": (x.transpose(1, 2) @ x / x.shape[1]).float()}
 
 
 @pytest.mark.parametrize("name", ORDER)

@@ -182,3 +182,21 @@ def test_inprocess_never_imports_ray(family: tuple[Path, list[Path]], tmp_path: 
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "NO_RAY" in proc.stdout
+
+
+def test_data_aware_statistics_are_computed_once_and_read_by_every_actor(
+    ray_cluster: dict, family: tuple[Path, list[Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 15: the first actor computes the regmean Grams once into the run folder; the other reads the file
+    (a trial on an actor without them would fail), so every trial completes and one statistics file exists."""
+    for key, value in LOOPBACK_ENV.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "calib.jsonl").write_text("".join(json.dumps({"text": f"abc {i} def"}) + "\n" for i in range(6)))
+    space = write_space(tmp_path, family, methods={"regmean": {"alpha": [0.2, 1.0]}},
+                        calibration={"jsonl": "calib.jsonl", "documents": 6, "max_length": 16},
+                        budget={"trials": 4})
+    main(["start", str(space), "--address", ray_cluster["gcs"], "--quiet", "--no-select"])
+    trials = trials_of(tmp_path / "run")
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 4, [t.user_attrs.get("fail_reason")
+                                                                       for t in trials]
+    assert [p.name.split("-")[0] for p in (tmp_path / "run" / "statistics").iterdir()] == ["gram"]

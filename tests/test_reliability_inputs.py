@@ -140,3 +140,29 @@ def test_pick_soup_says_why_there_is_none(size: int, reason: str) -> None:
     with pytest.raises(UserError) as err:
         pick_items(selection, "soup", Path("runs/x"))
     assert reason in str(err.value) and err.value.field == "--pick" and "single candidate" not in str(err.value)
+
+
+def test_data_aware_methods_need_a_calibration_source_that_exists(world: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """issue 15: fisher/regmean without calibration, an unknown calibration task, a missing, empty or field-less
+    calibration file: exit 2 with file, field and fix, nothing written, before any model loads."""
+    (world / "empty.jsonl").write_text("\n")
+    (world / "other_field.jsonl").write_text('{"body": "some text"}\n')
+    lm_objective = [{"name": "add", "evaluator": {"type": "lm_eval", "task": "demo_add", "include_path": str(
+        Path(__file__).resolve().parents[1] / "evaluators" / "tasks")}, "metric": "exact_match,strip"}]
+    refused(world, capsys, "field 'methods.fisher' (line", "calibration", "Fix: add e.g. `calibration:",
+            methods={"fisher": {}})
+    refused(world, capsys, "field 'methods.regmean'", "calibration", methods={"task_arithmetic": {}, "regmean": {}})
+    refused(world, capsys, "field 'calibration.task' (line", "'demo_ad' is not a task of an lm_eval objective",
+            "did you mean 'demo_add'?", methods={"regmean": {}}, objectives=lm_objective,
+            calibration={"task": "demo_ad"})
+    refused(world, capsys, "field 'calibration.task'", "add an lm_eval objective with that task",
+            methods={"fisher": {}}, calibration={"task": "demo_add"})
+    refused(world, capsys, "field 'calibration.jsonl' (line", "'missing.jsonl' does not exist",
+            methods={"fisher": {}}, calibration={"jsonl": "missing.jsonl"})
+    refused(world, capsys, "field 'calibration.jsonl'", "holds no text", methods={"fisher": {}},
+            calibration={"jsonl": "empty.jsonl"})
+    refused(world, capsys, "field 'calibration.field' (line", "has no text field 'text' (it has: body)",
+            methods={"regmean": {}}, calibration={"jsonl": "other_field.jsonl"})
+    refused(world, capsys, "field 'calibration'", "exactly one calibration source", methods={"fisher": {}},
+            calibration={"jsonl": "other_field.jsonl", "task": "demo_add"})

@@ -69,7 +69,8 @@ def test_methods_table_says_what_an_omitted_parameter_does() -> None:
         models = {"code": "models/code"} if m.max_models == 1 else _minimal()["models"]  # slerp: one model
         if m.check_count is not None:  # lawa: the window searched is capped at the number of checkpoints
             models = {f"c{i}": "models/code" for i in range(10)}
-        space = Space.model_validate({**_minimal(), "models": models, "methods": {name: {}}})
+        calibration = {"calibration": {"jsonl": "calib.jsonl"}} if m.statistics else {}  # fisher, regmean
+        space = Space.model_validate({**_minimal(), "models": models, "methods": {name: {}}, **calibration})
         searched = {p.param: (p.low, p.high) for p in build_plan(space, num_layers=2).searched[name]}
         for p in m.params:
             said = rows[(name, p.name)]

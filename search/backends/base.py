@@ -17,14 +17,16 @@ from search.merging.spec import MergeSpec
 @dataclass(frozen=True)
 class Job:
     """``merge`` a candidate's spec; ``load`` a mixture of candidates (selection); ``score`` the loaded model on
-    the first ``fraction`` of a role; ``documents``: score a whole role with each document's value (test)."""
+    the first ``fraction`` of a role; ``documents``: score a whole role with each document's value (test);
+    ``statistics``: compute (or reuse) the run's statistics for its data-aware methods, once, before any trial."""
 
-    kind: Literal["merge", "load", "score", "documents"]
+    kind: Literal["merge", "load", "score", "documents", "statistics"]
     spec: MergeSpec | None = None
     split: str = "search"
     fraction: float = 1.0
     mixture: tuple[tuple[MergeSpec, float], ...] = ()
     per_document: bool = False  # score: also each document's value (WilcoxonPruner)
+    progress: bool = False  # statistics: draw a progress bar (in the worker's process)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,8 @@ def run_job(worker: Worker, slot: int, job: Job) -> JobResult:
 
             load_mixture(worker, list(job.mixture))
             value = time.perf_counter() - t0
+        elif job.kind == "statistics":
+            value = worker.compute_statistics(progress=job.progress)
         elif job.kind == "documents":
             value = worker.score_documents(job.split)
         elif job.per_document:

@@ -168,6 +168,28 @@ class Resources(_Frozen):
         return value
 
 
+class Calibration(_Frozen):
+    """Text the data-aware methods (fisher, regmean) compute their per-parent statistics on, once per run.
+
+    Either ``task``, an lm-eval task an objective scores (its ``search`` role's documents only, never select or
+    test: what chooses or reports a model is not what shaped it), or ``jsonl``, a file of texts.
+    """
+
+    task: str | None = Field(None, description="An lm-eval task named by an lm_eval objective: the first "
+                                               "`documents` of its search role (prompt and answer).")
+    jsonl: str | None = Field(None, description="A .jsonl file of texts (relative to the space file).")
+    field: str = Field("text", description="The jsonl field holding a text.")
+    documents: int = Field(64, ge=1, description="Documents to compute the statistics on.")
+    max_length: int = Field(256, ge=2, description="Tokens per document (longer ones are cut).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Calibration:
+        if (self.task is None) == (self.jsonl is None):
+            raise FieldError("give exactly one calibration source", fix="write either task: <an objective's lm-eval "
+                             "task> or jsonl: <file of texts>")
+        return self
+
+
 ParamValue = Union[float, bool, Range]
 
 
@@ -205,6 +227,9 @@ class Space(_Frozen):
     storage: str | None = Field(None, description="Optuna storage URL; default: a journal file in the run folder.")
     trust_remote_code: bool = Field(False, description="Let transformers run code shipped with a model.")
     allow_pickle: bool = Field(False, description="Also read pytorch_model.bin (pickle) parents.")
+    calibration: Calibration | None = Field(
+        None, description="Calibration texts for the data-aware methods (fisher, regmean): their statistics are "
+                          "computed once per run and kept in the run folder.")
 
     @field_validator("storage")
     @classmethod
@@ -293,6 +318,7 @@ class Space(_Frozen):
                 problem = method.check_count(len(self.models), {pname: high})
                 if problem:
                     raise ValueError(f"methods.{method_name}.{pname}: {problem}")
+        self._check_calibration()
         if self.mode == "pareto" and self.sampler.name in ("cmaes",):
             raise ValueError("the cmaes sampler optimises one objective: set optimize: weighted, or use tpe/nsgaii")
         if self.mode == "pareto" and self.pruner_name in ("median", "successive_halving", "baseline", "wilcoxon"):
@@ -311,6 +337,29 @@ class Space(_Frozen):
             except FieldError as exc:
                 raise FieldError(str(exc), loc=("pruner", *exc.loc), fix=exc.fix) from None
         return self
+
+    def _check_calibration(self) -> None:
+        from search.merging.spec import lookup_method
+
+        for method_name in self.methods:
+            needs = lookup_method(method_name).statistics
+            if needs is not None and self.calibration is None:
+                raise FieldError(f"'{method_name}' merges by statistics of calibration data, and the space names "
+                                 "none", loc=("methods", method_name),
+                                 fix="add e.g. `calibration: {task: <an objective's lm-eval task>, documents: 64}` "
+                                     "or `calibration: {jsonl: texts.jsonl, field: text}`")
+        if self.calibration is None or self.calibration.task is None:
+            return
+        tasks = [t for o in self.objectives if o.evaluator.get("type") == "lm_eval"
+                 for t in ([o.evaluator.get("task")] if isinstance(o.evaluator.get("task"), str)
+                           else list(o.evaluator.get("task") or []))]
+        if self.calibration.task not in tasks:
+            close = difflib.get_close_matches(self.calibration.task, tasks, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise FieldError(f"'{self.calibration.task}' is not a task of an lm_eval objective (the calibration "
+                             "reads a task's search documents)", loc=("calibration", "task"),
+                             fix=f"{hint}name one of: {', '.join(tasks)}" if tasks else
+                             "add an lm_eval objective with that task, or use calibration: {jsonl: FILE}")
 
     @property
     def mode(self) -> Literal["weighted", "pareto"]:
@@ -399,4 +448,11 @@ def load_space(path: str | Path, *, output: str | Path | None = None) -> LoadedS
     models = {name: resolve(p, f"models.{name}") for name, p in space.models.items()}
     out = Path(output) if output is not None else resolve(space.output, "output", must_exist=False)
     base = resolve(space.base_model, "base_model") if space.base_model is not None else next(iter(models.values()))
+    if space.calibration is not None and space.calibration.jsonl is not None:
+        from search.statistics.calibration import check_jsonl
+
+        try:
+            check_jsonl(space.calibration, path)
+        except UserError as exc:
+            raise located(exc) from None
     return LoadedSpace(space=space, file=path, base_model=base, models=models, output=out)

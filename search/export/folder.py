@@ -113,6 +113,8 @@ def export_run(run_dir: str | Path, pick: str, *, out: str | Path | None = None,
                            allow_pickle=space.allow_pickle, trust_remote_code=space.trust_remote_code,
                            labels=[f"models.{n}" for n in space.models],
                            source=str(run_dir / "resolved.json"))
+    attach_run_statistics(parents, loaded, dtype_name,
+                          {specs[p.ref].method for item in items for p in item.parts})
     written = []
     if as_adapter:
         from search.export.adapter import adapter_plan, write_adapter
@@ -142,6 +144,24 @@ def export_run(run_dir: str | Path, pick: str, *, out: str | Path | None = None,
         (out_root / f"{item.id}.mergekit.yaml").write_text(text)
         written.append(folder)
     return written
+
+
+def attach_run_statistics(parents: Any, loaded: Any, dtype: str, methods: set[str]) -> None:
+    """A data-aware pick (fisher, regmean) is rebuilt from the statistics its run computed, from the run folder."""
+    from search.merging.spec import lookup_method
+    from search.statistics.store import load_statistics
+    from search.study.trial import statistics_config
+
+    if not any(lookup_method(m).statistics for m in methods):
+        return
+    for kind, path in statistics_config(loaded, dtype).get("statistics", ()):
+        if not Path(path).exists():
+            raise UserError(f"the run's {kind} statistics are not in {Path(path).parent} under the key of its "
+                            "parents and calibration data as they are now", field="RUN_DIR",
+                            fix="export with the parents and calibration file the run used (a changed file "
+                                "changes the key), or `search resume` the run to compute them again")
+        parents.attach_statistics(load_statistics(Path(path), parents.num_models,
+                                                  devices=parents.tensor_devices()))
 
 
 def _score_table(selection: Selection, item: Item) -> str:

@@ -202,6 +202,10 @@ def spec_notes(spec: MergeSpec) -> list[str]:
     if spec.method in CHECKPOINT_METHODS:
         notes.append(f"mergekit 0.1.5 has no `{spec.method}` method: the recipe is the `linear` merge with the "
                      "same weights per checkpoint (the same model); `search merge` runs it too.")
+    elif spec.merge_method.statistics is not None:
+        notes.append(f"mergekit 0.1.5 has no `{spec.method}` method, and neither it nor `search merge` can rebuild "
+                     f"this merge from the recipe alone: `{spec.method}` reads the parents' statistics over the "
+                     "run's calibration data (the run folder's statistics/); the exported weights are the merge.")
     elif spec.method not in MERGEKIT_METHODS:
         notes.append(f"mergekit 0.1.5 has no `{spec.method}` method: run this recipe with `search merge` "
                      "(same YAML format).")

@@ -40,6 +40,11 @@ def merge_recipe(recipe_path: str | Path, out_dir: str | Path, *, allow_pickle: 
         raise UserError(f"merge method '{method.name}' takes no base model: it averages the listed checkpoints",
                         file=recipe_path, field="base_model",
                         fix="remove 'base_model' and list the checkpoints under 'models', oldest first")
+    if method.statistics is not None:
+        raise UserError(f"merge method '{method.name}' reads statistics of calibration data, which a one-shot merge "
+                        "does not compute", file=recipe_path, field="merge_method",
+                        fix=f"search it in a space with a `calibration:` source (methods: {{{method.name}: {{}}}}), "
+                            "then `search export` the run")
     check_destination(out_dir, overwrite=overwrite)
     parents = _check(recipe, recipe_path, allow_pickle)
     try:

@@ -89,6 +89,9 @@ class TensorParams:
     # False when the recipe names no base: ``base`` is then only a reference parent (the first model), which
     # methods with an optional base (nuslerp, multislerp) must not interpolate around.
     has_base: bool = True
+    # data-aware methods (fisher, regmean): this tensor's per-parent statistics over the calibration data, by kind
+    # (``fisher``: (k, *shape); ``gram``: (k, in, in) for a linear layer's weight; ``fisher_norm``: (k,))
+    statistics: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 # fn(base, deltas, params, seed, out) -> merged tensor (``out`` itself when the method wrote through it)
@@ -112,7 +115,9 @@ class MergeMethod:
     ``check_values``, when set, checks constraints between values (della: ``density +/- epsilon`` inside
     ``(0, 1)``) and returns a sentence saying what is wrong, or None; ``check_count`` does the same for the
     number of models against global values (lawa's window). ``takes_base=False`` refuses a recipe that names a
-    base at all (checkpoint averaging: the checkpoints are the models).
+    base at all (checkpoint averaging: the checkpoints are the models). ``statistics`` names the per-parent
+    statistics over calibration data a data-aware method reads from ``TensorParams.statistics`` (``fisher``,
+    ``gram``): a run computes them once (:mod:`search.statistics`); a recipe alone cannot give them.
     ``linear_coefficients``, when set, says the method is linear in the task vectors
     (``beta * base + sum_i c_i * delta_i``) and gives ``(beta, c)``: low-rank task vectors (LoRA) are then
     combined as factors, and such a merge of adapters can be exported as an adapter.
@@ -132,6 +137,7 @@ class MergeMethod:
     optional_base: bool = False
     takes_base: bool = True
     check_count: CountCheck | None = None
+    statistics: str | None = None
 
     @property
     def excludes_base(self) -> bool:

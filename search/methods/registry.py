@@ -15,6 +15,7 @@ import difflib
 from search.errors import UserError
 from search.methods.base import MergeMethod
 from search.methods.checkpoints import CHECKPOINT_AVERAGE, CHECKPOINT_EMA, LAWA
+from search.methods.data_aware import FISHER, REGMEAN
 from search.methods.iso import ISO_C, ISO_CTS
 from search.methods.linear import LINEAR
 from search.methods.magmax import MAGMAX
@@ -69,6 +70,9 @@ METHODS: dict[str, MergeMethod] = {
         CHECKPOINT_AVERAGE,
         CHECKPOINT_EMA,
         LAWA,
+        # data-aware: read per-parent statistics of the space's calibration data (search.statistics)
+        FISHER,
+        REGMEAN,
     )
 }
 

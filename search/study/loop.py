@@ -427,10 +427,29 @@ def run_study(loaded: LoadedSpace, *, backend: Backend | None = None, progress: 
                     print(f"note: {note}", file=sys.stderr)
             driver = Driver(loaded, run_dir, backend, plan, progress=progress)
             driver.recover()
+            prepare_statistics(backend, progress=progress)
             return driver.run()
     finally:
         if owned:
             backend.close()
+
+
+def prepare_statistics(backend: Backend, *, progress: bool = True) -> dict[str, str]:
+    """The statistics of the space's data-aware methods (fisher, regmean), computed once on the first worker and
+    written to the run folder (or reused from it: a resume computes nothing); the other workers read the file."""
+    import sys
+
+    config = getattr(backend, "config", None)  # both backends keep the WorkerConfig their workers are built from
+    if config is None or not config.statistics:
+        return {}
+    backend.submit(0, Job("statistics", progress=progress))
+    result = backend.wait()
+    if not result.ok:
+        raise RunAborted(f"the calibration statistics could not be computed: {result.error}")
+    for kind, status in result.value.items():
+        if progress:
+            print(f"statistics: {kind} {status} ({dict(config.statistics)[kind]})", file=sys.stderr)
+    return dict(result.value)
 
 
 def validate_run(loaded: LoadedSpace) -> SearchPlan:

@@ -57,6 +57,9 @@ class WorkerConfig:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # data-aware methods: the calibration block (a jsonl path made absolute) and kind -> statistics file
+    calibration: dict[str, Any] | None = None
+    statistics: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_space(cls, loaded: Any, device: str | None = None) -> WorkerConfig:
@@ -75,6 +78,7 @@ class WorkerConfig:
             placement=plan_for_space(loaded).placement, gpus=int(wanted) if wanted > 1 else 1,
             allow_pickle=space.allow_pickle,
             trust_remote_code=space.trust_remote_code,
+            **statistics_config(loaded, storage_dtype_name(space.dtype, loaded.base_model)),
         )
 
 
@@ -122,11 +126,48 @@ class Worker:
                             fix="check the evaluator configuration and code") from exc
         self.load_seconds = time.perf_counter() - t0
 
+    def compute_statistics(self, progress: bool = True) -> dict[str, str]:
+        """The run's statistics for its data-aware methods: computed once on this worker's parents and model and
+        written to the run folder, or reused from there. Returns kind -> computed | reused."""
+        from search.config.space import Calibration
+        from search.statistics.calibration import jsonl_texts, task_texts
+        from search.statistics.run import ensure_statistics
+        from search.statistics.store import evaluator_tasks
+
+        if not self.config.statistics:
+            return {}
+        assert self.config.calibration is not None
+        calibration = Calibration.model_validate(self.config.calibration)
+        if calibration.jsonl is not None:
+            texts = jsonl_texts(calibration, self.config.space_file)
+        else:
+            key = next(self._objective_key[o.name] for o in self.config.objectives
+                       if calibration.task in evaluator_tasks(o.evaluator))
+            texts = task_texts(calibration, self._evaluators[key])
+        self.current = None  # the working model holds parents while the statistics are computed
+        self._prefix.clear()
+        return ensure_statistics(self.parents, self.model, self.tokenizer, texts, dict(self.config.statistics),
+                                 max_length=calibration.max_length, progress=progress,
+                                 labels=self.config.model_names)
+
+    def _attach_statistics(self) -> None:
+        """Read the run's statistics files once, when a merge first needs them (another worker computed them)."""
+        from search.statistics.store import load_statistics
+
+        for kind, path in self.config.statistics:
+            if kind not in self.parents.statistics:
+                if not Path(path).exists():
+                    raise CandidateFailure(f"the run's {kind} statistics ({path}) are not computed yet")
+                self.parents.attach_statistics(load_statistics(Path(path), self.parents.num_models,
+                                                               devices=self.parents.tensor_devices()))
+
     def merge(self, spec: MergeSpec) -> float:
         """Merge ``spec`` into the working model in place; seconds taken. NaN/inf weights fail the candidate."""
         t0 = time.perf_counter()
         self.current = None
         self._prefix.clear()
+        if spec.merge_method.statistics is not None:
+            self._attach_statistics()
         self.parents.merge_into(self.model, spec)
         bad = first_non_finite(self.model, self.parents.names)
         if bad is not None:
@@ -139,6 +180,7 @@ class Worker:
         them loaded as ``label``. ``fill`` receives the model's state dict; NaN/inf weights fail the candidate."""
         self.current = None
         self._prefix.clear()
+        self._attach_statistics()  # a mixture may hold data-aware candidates
         with torch.no_grad():
             fill(self.model.state_dict())
         bad = first_non_finite(self.model, self.parents.names)
@@ -272,6 +314,28 @@ class Worker:
                                            "values (it is not a mean over documents)")
                 per_doc[obj.name] = docs[obj.metric]
         return out, per_doc
+
+
+def statistics_config(loaded: Any, dtype: str) -> dict[str, Any]:
+    """The calibration block (its jsonl path absolute) and kind -> file in the run folder, for the data-aware
+    methods of the space (empty without them)."""
+    from search.statistics.store import calibration_source, needed_kinds, statistics_key, statistics_path
+
+    space = loaded.space
+    kinds = needed_kinds(list(space.methods))
+    if not kinds or space.calibration is None:
+        return {}
+    calibration = space.calibration.model_dump(mode="json")
+    if space.calibration.jsonl is not None:
+        from search.statistics.calibration import jsonl_path
+
+        calibration["jsonl"] = str(jsonl_path(space.calibration, loaded.file))
+    source = calibration_source(space.calibration, loaded.file, space.objectives)
+    models = [loaded.models[n] for n in space.models]
+    files = tuple((kind, str(statistics_path(loaded.output, kind, statistics_key(
+        kind, base=loaded.base_model, models=models, dtype=dtype, calibration=calibration, source=source))))
+        for kind in kinds)
+    return {"calibration": calibration, "statistics": files}
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import torch
 
 from search.errors import UserError
 from search.merging.spec import MergeSpec
+from search.methods import TensorParams
 from search.weights.checks import check_parents
 from search.weights.deltas import TensorDeltas, merge_tensor
 from search.weights.layout import ModelLayout
@@ -53,6 +54,9 @@ class Parents:
     dtype: torch.dtype = torch.float32
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     placement: TensorPlacement | None = None  # None: resident on ``device``
+    # data-aware methods: per-parent statistics of the calibration data by kind (search.statistics), attached
+    # once per run from the run folder
+    statistics: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, base_path: str | Path | ParentRef, model_paths: Sequence[str | Path | ParentRef], *,
@@ -217,14 +221,44 @@ class Parents:
         method = spec.merge_method
         with torch.no_grad():
             for name, (base, deltas) in self._placed(names or list(self.base)):
-                merge_tensor(method, base, deltas, spec.tensor_params(name, self.layout),
+                merge_tensor(method, base, deltas, self.tensor_params(spec, name),
                              seed=spec.tensor_seed(name), out=state[name])
 
     def merge_tensor(self, spec: MergeSpec, name: str, *, out: torch.Tensor | None = None) -> torch.Tensor:
         """One merged tensor of ``spec`` (into ``out`` when given)."""
         (_, (base, deltas)), = self._placed([name])
-        return merge_tensor(spec.merge_method, base, deltas, spec.tensor_params(name, self.layout),
+        return merge_tensor(spec.merge_method, base, deltas, self.tensor_params(spec, name),
                             seed=spec.tensor_seed(name), out=out)
+
+    def tensor_params(self, spec: MergeSpec, name: str) -> TensorParams:
+        """``spec``'s parameters for one tensor, with its statistics for a data-aware method."""
+        params = spec.tensor_params(name, self.layout)
+        kind = spec.merge_method.statistics
+        if kind is None:
+            return params
+        held = self.statistics.get(kind)
+        if held is None:
+            raise ValueError(f"'{spec.method}' needs the parents' {kind} statistics, and none are attached (a run "
+                             "with a calibration source computes them once, in its run folder)")
+        return replace(params, statistics=held.for_tensor(name))
+
+    def attach_statistics(self, statistics: Any) -> None:
+        """Hold one kind of statistics (a :class:`search.statistics.store.Statistics`) for the merges."""
+        if statistics.k != self.num_models:
+            raise ValueError(f"statistics of {statistics.k} parents for {self.num_models} parents")
+        self.statistics[statistics.kind] = statistics
+
+    def tensor_devices(self) -> dict[str, torch.device]:
+        """Where each tensor's base is held (its statistics are held beside it)."""
+        return {name: t.device for name, t in self.base.items()}
+
+    def write_parent(self, model: Any, index: int) -> None:
+        """Write parent ``index`` itself (``base + delta_i``; an adapter through its factors) into ``model``."""
+        state = model.state_dict()
+        coeffs = [1.0 if i == index else 0.0 for i in range(self.num_models)]
+        with torch.no_grad():
+            for name, (base, deltas) in self._placed(list(self.base)):
+                deltas.add_linear(base, coeffs, out=state[name])
 
     def _placed(self, names: Sequence[str]) -> Iterator[tuple[str, tuple[Any, ...]]]:
         """``(name, (base, deltas))`` on the device each tensor merges on: as held (resident), or copied one
