@@ -6,6 +6,7 @@
     search resume RUN_DIR                 resume a run from its folder
     search status RUN_DIR                 progress of a run (in progress, finished or killed)
     search trials RUN_DIR [--out F]       the trial table (printed, or written as .csv / .parquet)
+    search refine RUN_DIR [--from N]      refine a trial's coefficients by gradient descent (a new trial)
     search select RUN_DIR                 frontier, soups, re-scoring on select, test, report (run by `start` too)
     search export RUN_DIR --pick best     HF model folders + mergekit YAML of chosen models
     search report RUN_DIR                 re-render report.html / report.md
@@ -186,11 +187,17 @@ def _run(loaded: object, *, quiet: bool, select: bool = True, verbose: bool = Fa
     run_dir = loaded.output  # type: ignore[attr-defined]
     progress = not quiet and sys.stderr.isatty()
     selection = None
+    if loaded.space.refine is not None:  # type: ignore[attr-defined]
+        from search.refine.run import check_space
+
+        check_space(loaded)  # a refine that cannot run is refused before the search starts
     try:
         with LibraryLog(loaded.output, verbose=verbose):  # type: ignore[attr-defined]
             loaded, backend = open_backend(loaded)  # type: ignore[arg-type]
             try:
                 summary = run_study(loaded, backend=backend, progress=progress, select=select)
+                if loaded.space.refine is not None and not summary.already_finished:  # type: ignore[attr-defined]
+                    _refine_stage(summary.run_dir, backend, progress)
                 if select and not summary.already_finished:
                     from search.selection.select import select_run
 
@@ -224,6 +231,49 @@ def _run(loaded: object, *, quiet: bool, select: bool = True, verbose: bool = Fa
     if select and (summary.run_dir / "report.html").exists():
         typer.echo(f"report: {summary.run_dir / 'report.html'} (and report.md); export a model with "
                    f"`search export {summary.run_dir} --pick best`")
+
+
+def _refine_stage(run_dir: Path, backend: object, progress: bool) -> None:
+    """`refine:` in the space: refine after the search, before selection, on the in-process worker if any."""
+    from search.refine.run import refine_run
+
+    try:
+        result = refine_run(run_dir, worker=getattr(backend, "worker", None), progress=progress)
+    except UserError as exc:  # e.g. no trial of a linear method finished: the search stands, selection goes on
+        err.print(f"[bold yellow]refine skipped:[/] {exc}", highlight=False, soft_wrap=True)
+        return
+    _say_refined(result)
+
+
+def _say_refined(result: object) -> None:
+    r = result  # a search.refine.run.RefineResult
+    if r.already_done:  # type: ignore[attr-defined]
+        typer.echo(f"trial {r.source} was refined already: trial {r.trial}")  # type: ignore[attr-defined]
+        return
+    scores = ", ".join(f"{k} {v:.4g}" for k, v in r.search.items())  # type: ignore[attr-defined]
+    typer.echo(f"refined trial {r.source} -> trial {r.trial} ({len([p for p in r.curve if 'search_loss' in p])} "  # type: ignore[attr-defined]
+               f"steps{', stopped early' if r.stopped_early else ''}); search: {scores}")  # type: ignore[attr-defined]
+
+
+@app.command()
+def refine(
+    run_dir: Path = typer.Argument(..., help="run folder (finished or stopped)"),
+    from_trial: int = typer.Option(None, "--from", help="trial number to refine (default: the space's refine.from, "
+                                                       "else the best trial of a method linear in its task vectors)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    verbose: bool = typer.Option(False, "--verbose", help="also show the libraries' messages (always in run.log)"),
+) -> None:
+    """Refine a trial's weight/lambda coefficients by gradient descent on the search documents and record the
+    result as a trial of its own (settings: the space's `refine:`, else the defaults)."""
+    from search.console import LibraryLog
+    from search.refine.run import prepare_refine, refine_run
+
+    job = prepare_refine(run_dir, from_trial=from_trial)  # refusals first: nothing written, not even run.log
+    with LibraryLog(run_dir, verbose=verbose):
+        result = refine_run(run_dir, job=job, progress=not quiet and sys.stderr.isatty())
+    _say_refined(result)
+    if not result.already_done:
+        typer.echo(f"`search select {run_dir}` ranks it with the others")
 
 
 @app.command()

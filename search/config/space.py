@@ -32,6 +32,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from search.config.refine import Refine
 from search.config.yaml_io import FieldError, load_model, located
 from search.errors import UserError
 from search.weights.gguf import model_folder
@@ -230,6 +231,8 @@ class Space(_Frozen):
     calibration: Calibration | None = Field(
         None, description="Calibration texts for the data-aware methods (fisher, regmean): their statistics are "
                           "computed once per run and kept in the run folder.")
+    refine: Refine | None = Field(None, description="Gradient refinement of the best trial's coefficients after "
+                                                    "the search (see search/config/refine.py).")
 
     @field_validator("storage")
     @classmethod
@@ -421,7 +424,9 @@ class LoadedSpace(BaseModel):
 
 def study_defining(space: Space) -> dict[str, Any]:
     data = space.model_dump(mode="json")
-    for key in ("budget", "output", "backend", "ray_address", "resources", "storage", "device", "placement"):
+    # refine runs after the study: adding it to a finished run's space must not refuse the run folder
+    for key in ("budget", "output", "backend", "ray_address", "resources", "storage", "device", "placement",
+                "refine"):
         data.pop(key, None)
     return data
 

@@ -150,6 +150,9 @@ def _sparse_rows(
         yield i, mask
 
 
+sparse_rows = _sparse_rows  # public: gradient refinement (search/refine) holds the same masks fixed
+
+
 def generalized_task_arithmetic(
     base: torch.Tensor,
     deltas: torch.Tensor,

@@ -33,8 +33,9 @@ def search_scores(trials: list[FrozenTrial]) -> list[dict[str, float]]:
 
 
 def counted(t: FrozenTrial) -> bool:
-    """Whether a finished trial counts toward the budget (baselines and interrupted attempts do not)."""
-    if "baseline" in t.user_attrs or t.user_attrs.get("interrupted"):
+    """Whether a finished trial counts toward the budget (baselines, refined trials and interrupted attempts do
+    not)."""
+    if "baseline" in t.user_attrs or "refined_from" in t.user_attrs or t.user_attrs.get("interrupted"):
         return False
     return t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -58,6 +59,7 @@ class Status:
     interrupted: list[tuple[int, str]] = field(default_factory=list)  # cut off by a stop; retried, not counted
     driver: dict[str, Any] | None = None  # the live driver's lock record; None: no driver holds the run
     live: bool = True  # False when read from a run folder whose driver is gone
+    refined: list[tuple[int, int]] = field(default_factory=list)  # (trial, the trial it was refined from)
 
     @property
     def state(self) -> str:
@@ -109,6 +111,8 @@ def status_of(space: Space, study: optuna.Study, *, driver: dict[str, Any] | Non
         failures=[(t.number, t.user_attrs.get("fail_reason", "?")) for t in failed],
         interrupted=[(t.number, t.user_attrs.get("fail_reason", "?")) for t in cut],
         driver=driver, live=live,
+        refined=[(t.number, int(t.user_attrs["refined_from"])) for t in trials
+                 if "refined_from" in t.user_attrs and t.state == TrialState.COMPLETE],
     )
 
 
@@ -140,6 +144,8 @@ def render_status(status: Status, run_dir: Path) -> Any:
         table.add_row(f"failed #{number}", reason)
     for number, reason in status.interrupted[-3:]:
         table.add_row(f"interrupted #{number}", reason)
+    for number, source in status.refined:
+        table.add_row(f"refined #{number}", f"from #{source} (gradient refinement; not counted in the budget)")
     return table
 
 
