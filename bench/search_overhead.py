@@ -124,13 +124,13 @@ from mergekit.config import MergeConfiguration
 from mergekit.merge import MergeOptions, run_merge
 import lm_eval
 from lm_eval.tasks import TaskManager
-recipe, out, tasks, include = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4]
+recipe, out, tasks, include, limit = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4], int(sys.argv[5])
 run_merge(MergeConfiguration.model_validate(yaml.safe_load(open(recipe))), out,
           options=MergeOptions(quiet=True, write_model_card=False, copy_tokenizer=True))
 t1 = time.perf_counter()
 res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={out},dtype=float32", tasks=tasks,
                               task_manager=TaskManager(include_path=include), device="cpu", batch_size=64,
-                              limit=None)
+                              limit=limit)
 t2 = time.perf_counter()
 print(json.dumps({"merge": t1 - t0, "eval": t2 - t1}))
 """
@@ -151,9 +151,16 @@ def on_disk_seconds(loaded, spec: MergeSpec, work: Path) -> tuple[float, float]:
     path.write_text(yaml.safe_dump(recipe))
     tasks = [o.evaluator["task"] for o in space.objectives]
     include = str(Path(loaded.file).parent / space.objectives[0].evaluator["include_path"])
+    # as many documents a task as one of our trials scores on the search role (lm-eval by path reads the test
+    # split, which may be larger): the same work on both sides
+    from evaluators import build_evaluator
+
+    per_task = [build_evaluator(o.evaluator, device="cpu", config_file=loaded.file, field=f"objectives[{i}]")
+                .num_docs("search") for i, o in enumerate(space.objectives)]
+    limit = round(sum(per_task) / len(per_task))
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", MERGE_AND_SCORE, str(path), str(work / "merged"), ",".join(tasks),
-                           include], capture_output=True, text=True, check=True)
+                           include, str(limit)], capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t0
     inner = json.loads(proc.stdout.strip().splitlines()[-1])
     shutil.rmtree(work / "merged", ignore_errors=True)

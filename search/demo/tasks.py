@@ -1,11 +1,13 @@
 """Write the demo world's local lm-eval tasks into ``evaluators/tasks/`` (deterministic, no seed needed).
 
-    python -m search.demo.tasks [--out evaluators/tasks] [--n 200]
+    python -m search.demo.tasks [--out evaluators/tasks] [--n 200] [--n-test 500]
 
 One folder a skill (``demo_add``, ``demo_rev``, ``demo_up``, ``demo_sort``, ``demo_title``), each with
 
-- ``search.jsonl`` / ``heldout.jsonl``: ``n`` documents each, disjoint inputs (fields ``query``, ``prompt``,
-  ``answer``, ``continuation`` = `` answer\\n``);
+- ``search.jsonl`` / ``heldout.jsonl``: ``n`` / ``n_test`` documents, disjoint inputs (fields ``query``,
+  ``prompt``, ``answer``, ``continuation`` = `` answer\\n``). The held-out file is the larger one: it is the
+  test role, scored once for a few models, and 500 documents a skill make the report's intervals ~1.6x
+  narrower than 200 would, for a few seconds; the search and select roles divide the 200 of ``search.jsonl``;
 - ``demo_<skill>.yaml``: generative (greedy, until the newline, exact match after stripping), tag ``demo``;
 - ``demo_<skill>_ll.yaml``: log-likelihood of `` answer\\n`` (``perplexity`` = exp of minus the mean answer
   log-likelihood, lower is better; ``acc`` = the whole answer is the greedy one), tag ``demo_ll``;
@@ -130,8 +132,10 @@ def _jsonl(rows: list[dict[str, str]]) -> str:
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
 
 
-def write_tasks(out: Path, n: int = 200) -> list[Path]:
-    """Write every demo task folder under ``out``; returns the files written."""
+def write_tasks(out: Path, n: int = 200, n_test: int = 500) -> list[Path]:
+    """Write every demo task folder under ``out``; returns the files written. ``n`` documents in each skill's
+    ``search`` split (and both splits of ``demo_text``), ``n_test`` in each skill's ``heldout`` split."""
+    sizes: dict[Split, int] = {"search": n, "heldout": n_test}
     written: list[Path] = []
 
     def put(path: Path, text: str) -> None:
@@ -145,7 +149,7 @@ def write_tasks(out: Path, n: int = 200) -> list[Path]:
         for split in SPLITS:
             rows = [{"query": e.query, "prompt": e.prompt, "answer": e.answer,
                      "continuation": f" {e.answer}\n"}
-                    for e in eval_examples(skill, split, n)]
+                    for e in eval_examples(skill, split, sizes[split])]
             put(folder / f"{split}.jsonl", _jsonl(rows))
         put(folder / "data.py", LOADER)
         put(folder / f"{task}.yaml", GENERATIVE.format(task=task, description=desc))
@@ -162,9 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m search.demo.tasks", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=demo_tasks_dir())
-    ap.add_argument("--n", type=int, default=200, help="documents a split")
+    ap.add_argument("--n", type=int, default=200, help="documents in a skill's search split (and demo_text's)")
+    ap.add_argument("--n-test", type=int, default=500, help="documents in a skill's heldout (test) split")
     args = ap.parse_args(argv)
-    files = write_tasks(args.out, args.n)
+    files = write_tasks(args.out, args.n, args.n_test)
     print(f"wrote {len(files)} files under {args.out}")
 
 
