@@ -15,6 +15,8 @@ from search.study.candidate import read_record
 from search.study.loop import run_study
 from search.study.storage import STUDY_NAME, open_storage
 
+from demo_space import demo_space_data
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "spaces" / "demo.yaml"
 
@@ -24,13 +26,7 @@ pytestmark = pytest.mark.skipif(not (ROOT / "search" / "demo" / "models" / "demo
 
 def small_demo(tmp_path: Path) -> Path:
     """The demo space, smaller: two skills, a short budget, and a pruner that may act from the first trial."""
-    data = yaml.safe_load(DEMO.read_text())
-    # the same space, smaller: two skills, a short budget, and a pruner that may act from the first trial
-    data["base_model"] = str((DEMO.parent / data["base_model"]).resolve())
-    data["models"] = {k: str((DEMO.parent / v).resolve()) for k, v in data["models"].items() if k in ("add", "rev")}
-    data["objectives"] = [o for o in data["objectives"] if o["name"] in ("add", "rev")]
-    for o in data["objectives"]:
-        o["evaluator"]["include_path"] = str((DEMO.parent / o["evaluator"]["include_path"]).resolve())
+    data = demo_space_data(("add", "rev"))
     data["budget"] = {"trials": 8}
     data["pruner"] = {"name": "median", "slices": [0.25, 1.0], "args": {"n_startup_trials": 0}}
     data["sampler"] = {"name": "tpe", "args": {"n_startup_trials": 4}}

@@ -13,10 +13,10 @@ from optuna.trial import TrialState
 from search.cli import main
 from search.study.candidate import read_record
 from search.study.storage import STUDY_NAME, open_storage
+from demo_space import demo_space_data
 from tiny import snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "spaces" / "demo.yaml"
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (ROOT / "search" / "demo" / "models" / "demo-base").exists(),
@@ -25,12 +25,7 @@ pytestmark = [pytest.mark.slow,
 
 def _space(root: Path, methods: dict, trials: int, refine: dict | None) -> Path:
     """The demo space, small: two skills, a few trials, no baselines, no pruning."""
-    data = yaml.safe_load(DEMO.read_text())
-    data["base_model"] = str((DEMO.parent / data["base_model"]).resolve())
-    data["models"] = {k: str((DEMO.parent / v).resolve()) for k, v in data["models"].items() if k in ("add", "rev")}
-    data["objectives"] = [o for o in data["objectives"] if o["name"] in ("add", "rev")]
-    for o in data["objectives"]:
-        o["evaluator"]["include_path"] = str((DEMO.parent / o["evaluator"]["include_path"]).resolve())
+    data = demo_space_data(("add", "rev"))
     data.update(methods=methods, budget={"trials": trials}, baselines=False, seed=1,
                 pruner={"name": "none", "slices": [1.0]}, sampler={"name": "tpe", "args": {"n_startup_trials": 3}})
     if refine is not None:
