@@ -147,15 +147,17 @@ def test_the_statistics_are_the_search_documents_fisher_and_grams_of_each_parent
     searched: dict[str, Any], family: tuple[Path, list[Path]]
 ) -> None:
     from evaluators.registry import build_evaluator
-    from search.statistics.calibration import document_text
+    from evaluators.examples import document_text
 
     loaded = searched["loaded"]
     objective = loaded.space.objectives[0]
     evaluator = build_evaluator(objective.evaluator, device="cpu", config_file=loaded.file)
     task = evaluator.tasks("search")["t_sum"]
-    texts = [document_text(task, doc) for _, doc in evaluator.documents("search", limit=8)]
-    held_out = {document_text(task, doc) for role in ("select", "test") for _, doc in evaluator.documents(role)}
-    assert texts[0].endswith(" " + str(eval(texts[0].split("=")[0])))  # prompt, delimiter, answer
+    seed = evaluator.spec.fewshot_seed
+    texts = [document_text(task, doc, fewshot_seed=seed) for _, doc in evaluator.documents("search", limit=8)]
+    held_out = {document_text(task, doc, fewshot_seed=seed) for role in ("select", "test") for _, doc in evaluator.documents(role)}
+    question = texts[0].split("=")[0] + "="
+    assert texts[0] == question + str(eval(question[:-1]))  # the prompt, then the continuation lm-eval scores
     assert len(texts) == 8 and not set(texts) & held_out  # the search role only
     paths = {p.name.split("-")[0]: p for p in (searched["run_dir"] / "statistics").iterdir()}
     for kind, path in paths.items():

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from evaluators.examples import ANSWERED, answer_of, context_of, kind_of
 from search.errors import UserError
 
 
@@ -32,9 +33,6 @@ class Example:
     objective: str
     context: str
     answer: str
-
-
-SUPPORTED = ("generate_until", "loglikelihood", "multiple_choice")
 
 
 def check_objectives(loaded: Any) -> None:
@@ -80,30 +78,14 @@ def examples_of(evaluator: Any, role: str, limit: int, *, objective: str, file: 
     out = []
     for task_name, doc in evaluator.documents(role, limit):
         task = tasks[task_name]
-        kind = task.get_config("output_type")
-        if kind not in SUPPORTED:
+        kind = kind_of(task)
+        if kind not in ANSWERED:
             raise UserError(f"refinement needs an answer per document; task '{task_name}' is '{kind}'",
                             file=file, field=f"objectives[{index}].evaluator.task",
-                            fix=f"refine spaces whose tasks are {', '.join(SUPPORTED)}")
-        task.set_fewshot_seed(seed=evaluator.spec.fewshot_seed)
-        context = task.fewshot_context(doc, num_fewshot=task.get_config("num_fewshot") or 0)
+                            fix=f"refine spaces whose tasks are {', '.join(ANSWERED)}")
+        context = context_of(task, doc, fewshot_seed=evaluator.spec.fewshot_seed)
         if not isinstance(context, str):
             raise UserError(f"task '{task_name}' builds several contexts per document", file=file,
                             field=f"objectives[{index}].evaluator.task", fix="refine single-context tasks")
-        out.append(Example(objective, context, answer_of(task, doc, kind)))
+        out.append(Example(objective, context, answer_of(task, doc)))
     return out
-
-
-def answer_of(task: Any, doc: Any, kind: str) -> str:
-    """The continuation lm-eval counts as right for ``doc``."""
-    target = task.doc_to_target(doc)
-    delimiter = task.get_config("target_delimiter") or ""
-    if kind == "loglikelihood":
-        return str(target)
-    if kind == "multiple_choice":
-        choices = task.doc_to_choice(doc)
-        chosen = choices[target] if isinstance(target, int) else str(target)
-        return f"{delimiter}{chosen}"
-    if isinstance(target, list):
-        target = target[0]
-    return f"{delimiter}{target}"

@@ -1,8 +1,8 @@
 """The calibration texts a run's data-aware statistics are computed on: a jsonl file, or an lm-eval task's search role.
 
 A task's texts are the first ``documents`` of its ``search`` role in the evaluator's fixed order (the documents the
-search scores), each written as lm-eval writes it: the prompt (``doc_to_text``), the target delimiter and the
-answer (``doc_to_target``; for a multiple-choice task, the right choice). The ``select`` and ``test`` roles are
+search scores), each as the model reads it with its answer (:func:`evaluators.examples.document_text`: the prompt
+lm-eval builds and the answer it scores as right; the same pairs refinement trains on). The ``select`` and ``test`` roles are
 never read: the figures that choose and report a model stay apart from the data that shaped its merge.
 
 >>> jsonl_texts(Calibration(jsonl="texts.jsonl", documents=2), Path("space.yaml"))    # doctest: +SKIP
@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from evaluators.examples import document_text
 # the file's checks live in config (a space is checked on load); check_jsonl is re-exported for callers here
 from search.config.calibration_file import check_jsonl, jsonl_path  # noqa: F401
 from search.config.space import Calibration
@@ -41,32 +42,10 @@ def task_texts(calibration: Calibration, evaluator: Any) -> list[str]:
     texts = []
     for name, doc in evaluator.documents("search"):
         if name == calibration.task:
-            texts.append(document_text(task, doc))
+            texts.append(document_text(task, doc, fewshot_seed=evaluator.spec.fewshot_seed))
             if len(texts) == calibration.documents:
                 break
     return texts
-
-
-def document_text(task: Any, doc: Any) -> str:
-    """One document as the model reads it with its answer: prompt + target delimiter + target."""
-    context = task.doc_to_text(doc)
-    target = task.doc_to_target(doc)
-    if task.get_config("output_type") == "multiple_choice":
-        choices = task.doc_to_choice(doc)
-        if isinstance(context, int):  # the choice is the context (winogrande-style tasks)
-            context = choices[context]
-        if isinstance(target, int):
-            target = choices[target]
-    if isinstance(target, list):
-        target = target[0] if target else ""
-    if output_rolling(task):
-        return str(target)
-    delimiter = task.get_config("target_delimiter")
-    return f"{context}{' ' if delimiter is None else delimiter}{target}"
-
-
-def output_rolling(task: Any) -> bool:
-    return task.get_config("output_type") == "loglikelihood_rolling"
 
 
 def texts_digest(texts: list[str]) -> str:
