@@ -57,6 +57,24 @@ def test_report_files_plots_and_winner(run: Path) -> None:
     assert "| trials done | 10/10 |" in facts and "| baselines scored | 9 |" in facts
 
 
+def test_report_shows_the_select_front_on_test(run: Path) -> None:
+    md = (run / "report.md").read_text()
+    selection = read_selection(run)
+    section = md.split("## The Pareto front on test")[1].split("\n## ")[0]
+    header = [c.strip() for c in next(line for line in section.splitlines() if line.startswith("| id |"))
+              .strip("|").split(" | ")]
+    for item_id in selection.test_front:  # every point, with its test score (perplexity: no interval)
+        row = md_row(section, item_id, header)
+        for o in selection.objectives:
+            assert float(row[f"{o.name} test [95% CI]"]) == pytest.approx(selection.item(item_id).test[o.name],
+                                                                           abs=1e-4)
+        assert row["undominated on test"] in ("yes", "no")
+    assert "The Pareto front on test" in (run / "report.html").read_text()
+    # the front plot has a third panel: the front on test
+    image = Image.open(run / "report_files" / "front.png")
+    assert image.width > 2.5 * image.height
+
+
 def test_report_shows_the_numbers_of_search_trials(run: Path, tmp_path: Path) -> None:
     main(["trials", str(run), "--out", str(tmp_path / "trials.csv")])
     cli = pd.read_csv(tmp_path / "trials.csv")

@@ -135,7 +135,7 @@ def test_a_set_fixed_on_select_is_scored_on_test_and_nothing_else_is(run: Path) 
     assert selection.test_set["greedy soup"] == "greedy-soup"
     trials = [it for it in selection.items if it.kind == "trial"]
     assert selection.test_set["best search trial"] == min(trials, key=lambda it: sign * it.select_value).id
-    tested = set(selection.test_set.values())
+    tested = set(selection.test_set.values()) | set(selection.test_front)  # pareto mode: the select front too
     for it in selection.items:
         assert bool(it.test) == (it.id in tested), it.id
         if it.test:  # the test role is other data again
@@ -144,6 +144,64 @@ def test_a_set_fixed_on_select_is_scored_on_test_and_nothing_else_is(run: Path) 
     assert selection.headline is not None and selection.headline.difference is None
     assert "report no per-document test scores" in selection.headline.sentence
     assert "Result" in (run / "report.md").read_text()
+
+
+def test_pareto_mode_scores_the_select_front_on_test(run: Path) -> None:
+    selection = read_selection(run)
+    names = [o.name for o in selection.objectives]
+    maximize = [o.direction == "maximize" for o in selection.objectives]
+    front = selection.test_front
+    assert 2 <= len(front) <= selection.options.test_front
+    select = {it.id: [it.select[n] for n in names] for it in selection.items if it.select_value is not None}
+    for item_id in front:  # each point is undominated on select among every model scored there
+        assert not any(dominates(other, select[item_id], maximize=maximize) for other in select.values())
+        assert selection.item(item_id).test  # and it was scored on test, like the fixed test set
+    assert [select[i] for i in front] == sorted(select[i] for i in front)  # in order along the front
+    # no other model was scored on test
+    tested = set(selection.test_set.values()) | set(front)
+    assert {it.id for it in selection.items if it.test} == tested
+    # perplexity reports no per-document values: no interval per objective either
+    assert all(not selection.item(i).test_intervals for i in front)
+
+
+def test_select_front_thins_ordered_points_and_keeps_the_ends() -> None:
+    from search.config.space import Objective, Space
+    from search.selection.record import Item, Part
+    from search.selection.select import select_front
+
+    space = Space.model_construct(objectives=[Objective(name="safe", evaluator={}, metric="m"),
+                                              Objective(name="help", evaluator={}, metric="m")])
+    # a front of 6 (safety up, helpfulness down), one dominated point, one duplicate of a front point
+    points = [(0.0, 1.0), (0.2, 0.9), (0.4, 0.7), (0.6, 0.5), (0.8, 0.3), (1.0, 0.0), (0.3, 0.3), (0.2, 0.9)]
+    items = [Item(id=f"m{i}", kind="trial", label=f"m{i}", method="task_arithmetic",
+                  parts=[Part(ref=f"trial:{i}", coefficient=1.0)], select={"safe": a, "help": b},
+                  select_value=a + b) for i, (a, b) in enumerate(points)]
+    assert select_front(space, items, 10) == ["m0", "m1", "m2", "m3", "m4", "m5"]
+    assert select_front(space, items, 3) == ["m0", "m2", "m5"]  # both ends, one evenly spaced between
+    assert select_front(space, items, 0) == []
+
+
+def test_each_objective_gets_its_own_test_interval() -> None:
+    from search.config.space import Objective, Space
+    from search.selection.record import Item, Part
+    from search.selection.select import tested
+    from search.selection.stats import mean_interval
+
+    space = Space.model_construct(objectives=[Objective(name="safe", evaluator={}, metric="m"),
+                                              Objective(name="help", evaluator={}, metric="m")])
+    docs = {"safe": [1.0] * 30 + [0.0] * 10, "help": [1.0] * 5 + [0.0] * 35}
+
+    class Scorer:
+        def test(self, parts: list) -> tuple[dict, dict]:
+            return {n: sum(v) / len(v) for n, v in docs.items()}, docs
+
+    item = tested(space, Scorer(), Item(id="m", kind="trial", label="m", method="task_arithmetic",
+                                         parts=[Part(ref="trial:0", coefficient=1.0)]), seed=0)
+    for name, values in docs.items():
+        iv, want = item.test_intervals[name], mean_interval([(1.0, values)], seed=0)
+        assert (iv.estimate, iv.low, iv.high) == (want.estimate, want.low, want.high)
+        assert iv.low < item.test[name] < iv.high
+    assert item.test_intervals["help"].high < item.test_intervals["safe"].low  # 0.125 against 0.75, 40 documents
 
 
 def test_select_works_on_an_interrupted_run(run: Path, tmp_path: Path,

@@ -3,7 +3,8 @@
 - :func:`history`: Optuna's optimization history (``optuna.visualization.matplotlib``) of the sampled trials on
   the search split, one panel per objective (the weighted view in weighted mode), with the best baseline's line;
 - :func:`front`: the frontier on the search split (and the same models on select) with the interpolation
-  curves, the soups and the baselines marked; with one objective, score against alpha along each curve;
+  curves, the soups and the baselines marked, and in Pareto mode the select-role front scored on test with its
+  intervals; with one objective, score against alpha along each curve;
 - :func:`coefficient_heatmap`: the winner's coefficients per layer (rows: parameter, model, module kind);
 - :func:`importances`: Optuna's parameter importance plot (PED-ANOVA) per objective;
 - :func:`select_vs_search`: select against search score of every scored model: overfitting shows as the
@@ -142,7 +143,11 @@ def front(selection: Selection, trials: Sequence[Any]) -> Figure | str:
     if selection.mode == "weighted" or len(objs) == 1:
         return _alpha_curves(selection, singles, curves)
     x, y = objs[0].name, objs[1].name
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), squeeze=False)
+    tested = [selection.item(i) for i in selection.test_front]
+    tested = [it for it in tested if x in it.test and y in it.test]
+    fig, axes = plt.subplots(1, 3 if tested else 2, figsize=(18 if tested else 12, 5), squeeze=False)
+    if tested:
+        _front_on_test(axes[0][2], selection, tested, x, y)
     for ax, split in zip(axes[0], ("search", "select")):
         def point(it: Item, split: str = split) -> tuple[float, float] | None:
             scores = it.search if split == "search" else it.select
@@ -185,6 +190,29 @@ def front(selection: Selection, trials: Sequence[Any]) -> Figure | str:
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _front_on_test(ax: Any, selection: Selection, tested: list[Item], x: str, y: str) -> None:
+    """The select-role front scored on test: each point with its per-objective 95 % intervals, in front order."""
+    objs = selection.objectives
+    for it in tested:
+        xv, yv = it.test[x], it.test[y]
+        ix, iy = it.test_intervals.get(x), it.test_intervals.get(y)
+        ax.errorbar([xv], [yv], xerr=None if ix is None else [[xv - ix.low], [ix.high - xv]],
+                    yerr=None if iy is None else [[yv - iy.low], [iy.high - yv]], fmt=MARKERS[it.kind],
+                    color=COLORS[it.kind], ms=8 if it.kind != "interpolation" else 12, capsize=3, lw=1, zorder=4)
+        ax.annotate(it.baseline or it.id, (xv, yv), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.plot([it.test[x] for it in tested], [it.test[y] for it in tested], ":", color="black", lw=1,
+            label="front on select, in order", zorder=3)
+    win = selection.winner_item
+    if win.id in {it.id for it in tested}:
+        ax.scatter([win.test[x]], [win.test[y]], s=260, facecolors="none", edgecolors="red", linewidths=2,
+                   zorder=6, label=f"winner ({win.id})")
+    ax.set_xlabel(f"{x} ({objs[0].direction})")
+    ax.set_ylabel(f"{y} ({objs[1].direction})")
+    ax.set_title("test role: the select front, 95% intervals")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def _alpha_curves(selection: Selection, singles: dict[str, Item], curves: dict[tuple[str, str], list[Item]]

@@ -25,6 +25,7 @@ from search.report.tables import (
     facts_rows,
     failure_rows,
     fmt,
+    front_frame,
     markdown_table,
     pairs_markdown,
     selection_frame,
@@ -184,6 +185,10 @@ def _with_interval(item: Item) -> str:
 
 TEST_NOTE = ("Each model here was fixed from select scores before any test document was scored, and scored on "
              "test once; 95% intervals are percentile bootstraps over documents (10,000 resamples, seeded).")
+FRONT_NOTE = ("The Pareto front of every model scored on select (trials, baselines, interpolations, soups), "
+              "fixed from select scores with the test set above and scored on test once: the trade-off a user "
+              "picks from (`search export RUN_DIR --pick ITEM_ID`). Intervals are per objective (bootstrap over "
+              "its test documents; none for a metric with no per-document values, such as perplexity).")
 TABLE_NOTE = ("This ranking on the select role is what chose the winner (so its select scores are optimistic). "
               "Search = the documents the search optimised; select = documents the search never saw, used to "
               "choose; gap = select − search; test = the figure to report, for the few models scored on it.")
@@ -195,6 +200,8 @@ def _markdown(ctx: _Context, images: dict[str, bytes | str]) -> str:
     out += [f"- {line}" for line in ctx.headline()]
     if sel.test_set:
         out += ["", "## Test scores", "", TEST_NOTE, "", markdown_table(test_frame(sel))]
+    if sel.test_front:
+        out += ["", "## The Pareto front on test", "", FRONT_NOTE, "", markdown_table(front_frame(sel))]
     out += ["", "## Selected models and baselines, ranked on select", "", TABLE_NOTE, "",
             markdown_table(selection_frame(sel)), ""]
     for name, title in PLOTS:
@@ -261,6 +268,8 @@ def _html(ctx: _Context, images: dict[str, bytes | str]) -> str:
              *[f"<p>{_code_spans(line)}</p>" for line in ctx.headline()], "</div>",
              *([f"<h2>Test scores</h2><p>{html.escape(TEST_NOTE)}</p>", _html_table(test_frame(sel))]
                if sel.test_set else []),
+             *([f"<h2>The Pareto front on test</h2><p>{_code_spans(FRONT_NOTE)}</p>", _html_table(front_frame(sel))]
+               if sel.test_front else []),
              "<h2>Selected models and baselines, ranked on select</h2>",
              f"<p>{html.escape(TABLE_NOTE)} The winner's row is highlighted.</p>",
              _html_table(selection_frame(sel), sel.winner)]

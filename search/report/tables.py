@@ -78,6 +78,37 @@ def test_frame(selection: Selection) -> Any:
     return pd.DataFrame(rows)
 
 
+def front_frame(selection: Selection) -> Any:
+    """Pareto mode: the select-role Pareto front, scored on test, one row a point along the front: each
+    objective's test score with its 95 % interval, and whether the point is still undominated on test among
+    the front's points (the trade-off as documents that chose nothing see it)."""
+    import pandas as pd
+
+    from search.selection.pareto import dominates
+
+    objs = selection.objectives
+    maximize = [o.direction == "maximize" for o in objs]
+    front = [selection.item(i) for i in selection.test_front]
+    scored = {it.id: [it.test[o.name] for o in objs] for it in front if all(o.name in it.test for o in objs)}
+    roles = {}
+    for role, item_id in selection.test_set.items():
+        roles.setdefault(item_id, []).append(role)
+    rows = []
+    for it in front:
+        row: dict[str, Any] = {"id": it.id, "model": it.label}
+        for o in objs:
+            iv = it.test_intervals.get(o.name)
+            value = it.test.get(o.name)
+            row[f"{o.name} select"] = it.select.get(o.name)
+            row[f"{o.name} test [95% CI]"] = fmt(value) + (f" [{fmt(iv.low)}, {fmt(iv.high)}]" if iv else "")
+        mine = scored.get(it.id)
+        row["undominated on test"] = ("" if mine is None else "no" if any(
+            dominates(other, mine, maximize=maximize) for j, other in scored.items() if j != it.id) else "yes")
+        row["note"] = ", ".join(roles.get(it.id, [])) + (f" error: {it.error}" if it.error else "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def facts_rows(selection: Selection) -> list[tuple[str, str]]:
     """Run facts as (name, value) pairs."""
     f = selection.facts

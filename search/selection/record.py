@@ -4,7 +4,8 @@ Every selected model is an :class:`Item`: its kind, the candidates it is made of
 weights are ``sum_j coefficient_j * merge(specs[ref_j])``), and its scores per objective on the search and the
 select role (what chose the winner), plus the scalarised value of each (the space's weighted sum). A few items,
 fixed before the test role is scored (the winner, the best baseline and the best search trial on select, the
-greedy soup), also carry test scores with a 95 % interval; :class:`Headline` compares the winner with the best
+greedy soup; in Pareto mode also the select-role Pareto front), also carry test scores with 95 % intervals
+(of the weighted sum and of each objective); :class:`Headline` compares the winner with the best
 baseline on test (paired bootstrap over documents). Files written before the three roles (version 1, with
 ``heldout`` scores) read as select scores with no test. A candidate is named by a *ref*:
 ``trial:12`` for trial #12 of the study, ``baseline:ties`` for a hand-set baseline the study keeps outside its
@@ -114,6 +115,9 @@ class Item(_Record):
     test: dict[str, float] = Field(default_factory=dict, description="Objective -> test-role score (test set only).")
     test_value: float | None = Field(None, description="Weighted sum of the test scores.")
     test_interval: IntervalRecord | None = Field(None, description="95 % bootstrap interval of test_value.")
+    test_intervals: dict[str, IntervalRecord] = Field(
+        default_factory=dict, description="Objective -> 95 % bootstrap interval of its test score (objectives "
+        "that report per-document values).")
     test_documents: dict[str, list[float]] = Field(
         default_factory=dict, description="Objective -> each test document's value, in the role's fixed order.")
     error: str | None = Field(None, description="Why it could not be scored (then it is never the winner).")
@@ -141,21 +145,25 @@ class Options(_Record):
                                        "candidates, else [0.25, 0.5, 0.75].")
     soup_size: int | None = Field(None, ge=1, description="Candidates (best by search score) the soups draw from; "
                                   "default: a third of the complete candidates, 2 to 8.")
+    test_front: int = Field(5, ge=0, description="Pareto mode: most points of the select-role Pareto front (of "
+                            "every model scored on select, interpolations included) also scored on test, so the "
+                            "trade-off is reported on documents that chose nothing; 0: none.")
 
     def scaled(self, complete: int) -> Options:
         """Concrete knobs for a run with ``complete`` distinct complete candidates (trials and baselines): the
         re-scoring grows with what the run found, not with a fixed plan (6 trials do not need 48 scorings).
 
         >>> Options().scaled(8).model_dump()
-        {'top_k': 2, 'max_front': 6, 'alphas': [0.5], 'soup_size': 2}
+        {'top_k': 2, 'max_front': 6, 'alphas': [0.5], 'soup_size': 2, 'test_front': 5}
         >>> Options(alphas=[0.3]).scaled(60).model_dump()
-        {'top_k': 5, 'max_front': 6, 'alphas': [0.3], 'soup_size': 8}
+        {'top_k': 5, 'max_front': 6, 'alphas': [0.3], 'soup_size': 8, 'test_front': 5}
         """
         return Options(
             top_k=self.top_k if self.top_k is not None else min(5, max(2, complete // 4)),
             max_front=self.max_front,
             alphas=self.alphas if self.alphas is not None else ([0.5] if complete < 20 else [0.25, 0.5, 0.75]),
             soup_size=self.soup_size if self.soup_size is not None else min(8, max(2, complete // 3)),
+            test_front=self.test_front,
         )
 
 
@@ -208,6 +216,9 @@ class Selection(_Record):
     test_set: dict[str, str] = Field(
         default_factory=dict, description="Role -> item id of the models scored on test, fixed before it is "
         "scored: winner, best baseline, best trial, greedy soup.")
+    test_front: list[str] = Field(
+        default_factory=list, description="Pareto mode: item ids of the select-role Pareto front (thinned to "
+        "options.test_front, ordered along the objectives), fixed with test_set and scored on test with it.")
     headline: Headline | None = Field(None, description="The winner against the best baseline on test.")
     no_test: str | None = Field(None, description="Why there are no test scores (e.g. a run from before the "
                                 "three roles), when there are none.")

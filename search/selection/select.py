@@ -12,7 +12,9 @@ records and ``resolved.json``), so it can be re-run at any time:
 4. every item above and every baseline scored on the select role; the winner is the best weighted sum of
    select scores (baselines included: if one wins, the report says so);
 5. a set fixed before the test role is scored: the winner, the best baseline and the best search trial on
-   select, the greedy soup; each scored once on test with a 95 % bootstrap interval, and the winner against the
+   select, the greedy soup, and in Pareto mode the select-role Pareto front of every model scored above
+   (interpolations included; ``Options.test_front`` points at most); each scored once on test with 95 %
+   bootstrap intervals (the weighted sum's and each objective's), and the winner against the
    best baseline as a paired difference (:mod:`search.selection.stats`). The select scores chose the winner, so
    only the test scores are the result.
 
@@ -299,11 +301,13 @@ def _decide(run_dir: Path, space: Space, study: Any, cands: Candidates, options:
     test_set = {role: item_id for role, item_id in (("winner", winner), ("best baseline", best_baseline),
                                                     ("best search trial", best_trial), ("greedy soup", soup))
                 if item_id}
+    front_ids = (select_front(space, ok, options.test_front)
+                 if space.mode == "pareto" and len(space.objectives) > 1 else [])
     no_test = None
     t0 = time.perf_counter()
     if has_test_role(space):
         by_id = {it.id: it for it in items}
-        order = list(dict.fromkeys(test_set.values()))
+        order = list(dict.fromkeys([*test_set.values(), *front_ids]))
         with _Bar(progress, len(order), label="testing") as bar:
             scorer.on_score = bar.advance
             scorer.many([Request.of([(p.ref, p.coefficient) for p in by_id[i].parts], "test") for i in order
@@ -326,9 +330,31 @@ def _decide(run_dir: Path, space: Space, study: Any, cands: Candidates, options:
                     for o in space.objectives],
         options=options, specs={r: cands.specs[r] for r in used}, items=items, frontier=front, greedy_log=log,
         winner=winner, best_searched=best([it for it in ok if it.kind != "baseline"]),
-        best_baseline=best_baseline, best_trial=best_trial, test_set=test_set, headline=headline, no_test=no_test,
+        best_baseline=best_baseline, best_trial=best_trial, test_set=test_set,
+        test_front=front_ids if no_test is None else [], headline=headline, no_test=no_test,
         facts=run_facts(space, study), seconds=dict(seconds),
     )
+
+
+def select_front(space: Space, items: list[Item], keep: int) -> list[str]:
+    """Ids of the items on the Pareto front of their select scores (every objective), ordered along it, thinned
+    to ``keep`` evenly spaced points with both ends: the trade-off a multi-objective run reports on test.
+
+    Fixed from select scores alone (like the rest of the test set), before any test document is scored. Two items
+    with the same select scores are one point (the first kept).
+    """
+    if keep <= 0:
+        return []
+    names = [o.name for o in space.objectives]
+    scored = [it for it in items if it.select_value is not None and all(n in it.select for n in names)]
+    distinct: dict[tuple[float, ...], Item] = {}
+    for it in scored:
+        distinct.setdefault(tuple(it.select[n] for n in names), it)
+    points = [list(p) for p in distinct]
+    chosen = list(distinct.values())
+    on_front = pareto_front(points, maximize=[o.direction == "maximize" for o in space.objectives])
+    ordered = order_front(points, on_front)
+    return [chosen[i].id for i in thin(ordered, max(2, keep))][:keep]
 
 
 def has_test_role(space: Space) -> bool:
@@ -351,6 +377,10 @@ def tested(space: Space, scorer: Any, item: Item, *, seed: int) -> Item:
         item.error = str(exc)
         return item
     item.test_value = weighted_value(space, item.test)
+    item.test_intervals = {}
+    for name, values in item.test_documents.items():
+        iv = mean_interval([(1.0, values)], seed=seed)
+        item.test_intervals[name] = IntervalRecord(estimate=iv.estimate, low=iv.low, high=iv.high, level=iv.level)
     weights = space.signed_weights()
     if set(item.test_documents) == set(weights):
         iv = mean_interval([(w, item.test_documents[n]) for n, w in weights.items()], seed=seed)
