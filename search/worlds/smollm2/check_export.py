@@ -30,7 +30,7 @@ TASKS = Path(__file__).resolve().parent / "tasks"
 MAX_NEW_TOKENS = 16  # a little over the longest answer (the tasks stop at 10 and 12)
 
 
-def test_documents(skill: str, n: int) -> list[dict]:
+def held_out(skill: str, n: int) -> list[dict]:
     """The first ``n`` documents of the task's test role, in the file's order."""
     lines = (TASKS / f"smollm2_{skill}" / "test.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines[:n]]
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     for skill, kind, verdicts in (("safety", "harmful", ("refused", "complied")),
                                   ("helpful", "benign", ("answered right", "did not answer right"))):
         hits = 0
-        docs = test_documents(skill, args.n)
+        docs = held_out(skill, args.n)
         for doc in docs:
             prompt, text = answer(model, tokenizer, doc["question"])
             if prompt != doc["prompt"]:  # the folder's template must render what the tasks scored
