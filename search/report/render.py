@@ -157,10 +157,13 @@ class _Context:
                          f"the search, {found.label} (`{found.id}`), scored {self.scores(found, 'select')}.")
         if sel.test_set:
             roles = ", ".join(f"{role} (`{item_id}`)" for role, item_id in sel.test_set.items())
+            front = (f"; and the Pareto front on select ({len(sel.test_front)} points: "
+                     f"{', '.join(f'`{i}`' for i in sel.test_front)})" if sel.test_front else "")
             lines.append(f"Scored on test, a set fixed from select scores before any test document was scored: "
-                         f"{roles}.")
+                         f"{roles}{front}.")
         lines.append(f"Export it: `search export {self.run_dir} --pick best` (a Hugging Face folder and its "
-                     f"mergekit YAML).")
+                     f"mergekit YAML)" + (f"; or another point of the front on test: `search export {self.run_dir} "
+                                          f"--pick ITEM_ID` (its id in the table below)." if sel.test_front else "."))
         return lines
 
     def looking_further(self) -> list[str]:
