@@ -39,7 +39,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from search.config.space import LoadedSpace, Space
-from search.console import RUN_LOG
 from search.errors import UserError
 from search.study import storage
 from search.study.baselines import BaselineRecord, recorded_baselines
@@ -52,6 +51,7 @@ REPORT_MD = "report.md"
 REPORT_FILES = "report_files"
 EXPORT_DIR = "export"
 CACHE_DIR = "cache"
+RUN_LOG = "run.log"
 
 
 class RunFolder:
