@@ -188,13 +188,13 @@ def _run(loaded: object, *, quiet: bool, select: bool = True, verbose: bool = Fa
     from search.console import LibraryLog
     from search.study.folder import RunFolder
     from search.study.loop import RunAborted, open_backend, run_study
-    from search.study.storage import RESOLVED
 
-    run_dir = loaded.output  # type: ignore[attr-defined]
+    folder = RunFolder(loaded.output)  # type: ignore[attr-defined]
+    run_dir = folder.path
     progress = not quiet and sys.stderr.isatty()
     selection = None
     try:
-        with LibraryLog(RunFolder(loaded.output).log_file, verbose=verbose):  # type: ignore[attr-defined]
+        with LibraryLog(folder.log_file, verbose=verbose):
             loaded, backend = open_backend(loaded)  # type: ignore[arg-type]
             try:
                 summary = run_study(loaded, backend=backend, progress=progress, select=select)
@@ -214,7 +214,7 @@ def _run(loaded: object, *, quiet: bool, select: bool = True, verbose: bool = Fa
         err.print(f"[bold red]run stopped:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        if (run_dir / RESOLVED).exists():
+        if folder.resolved_file.exists():
             err.print(f"interrupted; resume with: search resume {run_dir}", highlight=False, soft_wrap=True)
         else:
             err.print("interrupted before the run started: no trial was recorded", highlight=False)
@@ -230,8 +230,8 @@ def _run(loaded: object, *, quiet: bool, select: bool = True, verbose: bool = Fa
                + (f", selection {selection.seconds['total']:.0f} s" if selection is not None else ""))
     if selection is not None:
         _say_result(selection)
-    if select and (summary.run_dir / "report.html").exists():
-        typer.echo(f"report: {summary.run_dir / 'report.html'} (and report.md); export a model with "
+    if select and folder.report_html.exists():
+        typer.echo(f"report: {folder.report_html} (and {folder.report_md.name}); export a model with "
                    f"`search export {summary.run_dir} --pick best`")
 
 
