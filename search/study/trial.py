@@ -319,10 +319,10 @@ class Worker:
 def statistics_config(loaded: Any, dtype: str) -> dict[str, Any]:
     """The calibration block (its jsonl path absolute) and kind -> file in the run folder, for the data-aware
     methods of the space (empty without them)."""
-    from search.statistics.store import calibration_source, needed_kinds, statistics_key, statistics_path
+    from search.statistics.store import calibration_source, statistics_key, statistics_path
 
     space = loaded.space
-    kinds = needed_kinds(list(space.methods))
+    kinds = space.statistics_kinds()
     if not kinds or space.calibration is None:
         return {}
     calibration = space.calibration.model_dump(mode="json")
