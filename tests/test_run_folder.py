@@ -131,3 +131,16 @@ def test_an_old_run_folder_resumes_selects_and_exports(tmp_path: Path, family: t
     assert selection["winner"] and folder.report_html.exists() and folder.report_md.exists()
     main(["export", str(run), "--pick", "best"])
     assert (folder.export_dir / selection["winner"] / "config.json").exists()
+
+
+def test_a_folder_given_as_a_relative_path_writes_its_own_paths_once(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # `search select results/run` writes folder.report_md (= results/run/report.md): not results/run/results/run/
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results" / "run").mkdir(parents=True)
+    folder = RunFolder(Path("results/run"))
+    written = folder.write_text(folder.report_md, "report")
+    assert (tmp_path / "results" / "run" / "report.md").read_text() == "report"
+    assert written == Path("results/run/report.md")
+    assert folder.write_text("selection.json", "{}") == Path("results/run/selection.json")
+    assert not (tmp_path / "results" / "run" / "results").exists()

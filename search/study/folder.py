@@ -172,7 +172,11 @@ class RunFolder:
         return path
 
     def _inside(self, target: str | Path) -> Path:
-        path = Path(target) if Path(target).is_absolute() else self.path / target
+        path = Path(target)
+        # a name in the folder, unless it is already a path in it (self.path / name, which is relative when the
+        # folder was given as a relative path: joined again it would write to RUN_DIR/RUN_DIR/name)
+        if not path.is_absolute() and path.parts[:len(self.path.parts)] != self.path.parts:
+            path = self.path / path
         if self.path.resolve() not in path.resolve().parents:
             raise ValueError(f"{path} is not inside the run folder {self.path}")
         return path
