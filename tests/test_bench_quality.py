@@ -1,0 +1,96 @@
+"""bench/search_quality.py's pure parts: its options per world, the room share, the oracle, the table, and the
+cheaper search role it builds for the SmolLM2 world. The bench itself runs for an hour; these run in a second."""
+
+from __future__ import annotations
+
+import doctest
+import json
+from pathlib import Path
+
+import pytest
+
+import bench.quality_table as qt
+from bench.quality_table import Row, oracle_groups, parse_options, render_table, room_share
+from bench.search_quality import bench_space, smaller_search_role
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(qt).failed == 0
+
+
+def test_room_share() -> None:
+    assert room_share(searched=0.5, baseline=0.4, oracle=0.6) == pytest.approx(0.5)
+    assert room_share(searched=0.6, baseline=0.4, oracle=0.6) == pytest.approx(1.0)
+    assert room_share(searched=0.3, baseline=0.4, oracle=0.6) == pytest.approx(-0.5)  # below the baseline
+    assert room_share(searched=0.7, baseline=0.4, oracle=0.4) is None                 # no room to share
+    assert room_share(searched=0.7, baseline=0.5, oracle=0.4) is None
+
+
+def test_oracle_groups_needs_a_model_per_objective() -> None:
+    assert oracle_groups({"a": 0.25, "b": 0.75}, {"b": [0.0], "a": [1.0, 1.0]}) == [(0.25, [1.0, 1.0]),
+                                                                                      (0.75, [0.0])]
+    with pytest.raises(ValueError, match="'c'"):
+        oracle_groups({"a": 0.5, "c": 0.5}, {"a": [1.0]})
+
+
+def test_table_rows_and_verdicts() -> None:
+    rows = [Row("tpe", 0, 12, (0.5, 0.4, 0.6), (0.12, 0.05, 0.2), 0.8, "#3"),
+            Row("tpe", 1, 12, (0.4, 0.3, 0.5), (0.01, -0.02, 0.04), None, "#9"),
+            Row("cmaes", 0, 12, (0.3, 0.2, 0.4), (-0.1, -0.15, -0.05), -1.0, "#1")]
+    text = render_table(rows, baseline="task_arithmetic_0.3", baseline_test=(0.38, 0.3, 0.45), oracle_test=None)
+    assert "Picked on: select" in text and "Reported on: test" in text and "task_arithmetic_0.3" in text
+    body = text.splitlines()[-3:]
+    assert body[0] == "| tpe | 0 | 12 | #3 | 0.500 (0.400–0.600) | +12.0 (+5.0 to +20.0) | better | 80 % |"
+    assert body[1].endswith("| not distinguishable | — |")
+    assert body[2].endswith("| worse | -100 % |")
+    means = qt.mean_by_checkpoint(rows, [12, 24])
+    assert means["tpe"][0] == pytest.approx(0.45) and means["tpe"][1] != means["tpe"][1]  # NaN: no row at 24
+
+
+def test_world_defaults_and_overrides() -> None:
+    toy = parse_options([])
+    assert toy.world == "toy" and toy.space == ROOT / "spaces" / "demo.yaml"
+    assert toy.samplers == ("tpe", "cmaes", "random") and toy.checkpoints == (25, 50, 100)
+    assert toy.search_docs is None and toy.methods is None and toy.study_baselines
+    real = parse_options(["--world", "smollm2", "--samplers", "tpe,cmaes", "--trials", "30", "--search-docs", "0",
+                          "--checkpoints", "10,50,20", "--study-baselines"])
+    assert real.space.name == "smollm2_lora.yaml" and real.samplers == ("tpe", "cmaes")
+    assert real.checkpoints == (10, 20)  # sorted; those past --trials dropped
+    assert real.search_docs is None and real.methods == ("task_arithmetic",) and real.study_baselines
+
+
+@pytest.mark.parametrize("argv", [["--world", "moon"], ["--samplers", "tpe,anneal"], ["--seeds", "a"],
+                                  ["--trials", "0"], ["--trials", "10", "--checkpoints", "20"],
+                                  ["--finalists", "0"], ["--search-docs", "-1"], ["--space", "nowhere.yaml"]])
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_options(argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_smaller_search_role_keeps_select_and_test(tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks" / "t1"
+    tasks.mkdir(parents=True)
+    for role in ("search", "select", "test"):
+        (tasks / f"{role}.jsonl").write_text("".join(json.dumps({"i": i}) + "\n" for i in range(40)))
+    copy = smaller_search_role(tmp_path / "tasks", tmp_path / "copy", 10)
+    assert len((copy / "t1" / "search.jsonl").read_text().splitlines()) == 10
+    assert (copy / "t1" / "select.jsonl").read_text() == (tasks / "select.jsonl").read_text()
+    assert len((tasks / "search.jsonl").read_text().splitlines()) == 40  # the original is untouched
+    with pytest.raises(SystemExit):
+        smaller_search_role(tmp_path / "copy" / "nothing", tmp_path / "x", 10)
+
+
+def test_bench_space_for_the_smollm2_world(tmp_path: Path) -> None:
+    opts = parse_options(["--world", "smollm2"])
+    updates = bench_space(opts, tmp_path)
+    assert updates["baselines"] is False and list(updates["methods"]) == ["task_arithmetic"]
+    paths = {o["evaluator"]["include_path"] for o in updates["objectives"]}
+    assert paths == {str(tmp_path / "tasks-10")}
+    search = (tmp_path / "tasks-10" / "smollm2_add" / "search.jsonl").read_text().splitlines()
+    assert len(search) == 10
+    with pytest.raises(SystemExit, match="ties_x"):
+        bench_space(parse_options(["--world", "smollm2", "--methods", "ties_x"]), tmp_path / "b")
