@@ -29,16 +29,19 @@ class World:
     search_docs: int | None      # documents a task kept in the search role (None: the space's own)
     methods: str | None          # the merge methods kept in the space (None: all of the space's)
     study_baselines: bool        # the studies score the hand-set baselines first (their warm start)
+    baselines: str | None        # the hand-set baselines the best is picked among on select (None: all)
 
 
 WORLDS: dict[str, World] = {
     # the quickstart's demo space as it is: cheap enough for the issue's full budget
-    "toy": World(ROOT / "spaces" / "demo.yaml", "tpe,cmaes,random", 100, "25,50,100", None, None, True),
+    "toy": World(ROOT / "spaces" / "demo.yaml", "tpe,cmaes,random", 100, "25,50,100", None, None, True, None),
     # SmolLM2-135M and seven LoRA skills on a 2-core CPU: a TIES/DARE-TIES merge of it takes ~55 s and scoring
-    # 40 documents a task ~55 s, so the default keeps task arithmetic, 10 search documents a task and 24 trials
-    # (select and test keep the task's 40 documents a task); see the README's "How good is it".
-    "smollm2": World(ROOT / "spaces" / "examples" / "smollm2_lora.yaml", "tpe", 24, "12,24", 10,
-                     "task_arithmetic", False),
+    # 40 documents a task ~55 s (idle machine), so the default keeps task arithmetic, 10 search documents a task,
+    # 16 trials, 2 finalists, and picks the best baseline among the uniform merges (select and test keep the
+    # task's 40 documents a task); see the README's "How good is it".
+    "smollm2": World(ROOT / "spaces" / "examples" / "smollm2_lora.yaml", "tpe", 16, "8,16", 10,
+                     "task_arithmetic", False, "task_arithmetic_0.3,task_arithmetic_0.5,task_arithmetic_0.7,"
+                     "task_arithmetic_1.0,uniform_soup"),
 }
 
 
@@ -54,6 +57,7 @@ class Options:
     search_docs: int | None
     methods: tuple[str, ...] | None
     study_baselines: bool
+    baselines: tuple[str, ...] | None
     threads: int
     out: Path
 
@@ -62,8 +66,8 @@ def parse_options(argv: Sequence[str] | None = None, description: str | None = N
     """The bench's command line; the world's defaults fill what is not given. Bad values exit with code 2.
 
     >>> o = parse_options(["--world", "smollm2", "--seeds", "0"])
-    >>> o.samplers, o.trials, o.checkpoints, o.search_docs, o.methods
-    (('tpe',), 24, (12, 24), 10, ('task_arithmetic',))
+    >>> o.samplers, o.trials, o.checkpoints, o.finalists, o.search_docs, o.methods
+    (('tpe',), 16, (8, 16), 2, 10, ('task_arithmetic',))
     """
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", choices=sorted(WORLDS), default="toy")
@@ -72,7 +76,10 @@ def parse_options(argv: Sequence[str] | None = None, description: str | None = N
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--trials", type=int)
     ap.add_argument("--checkpoints", help="trial counts at which the pick is made and scored, e.g. 25,50,100")
-    ap.add_argument("--finalists", type=int, default=3, help="best trials by search value re-scored on select")
+    ap.add_argument("--baselines", help="comma-separated hand-set baselines to pick the best among on select "
+                    "(task_arithmetic_0.3, ties, uniform_soup, only_<model>, ...; 'all': every one; default: the "
+                    "world's)")
+    ap.add_argument("--finalists", type=int, help="best trials by search value re-scored on select")
     ap.add_argument("--search-docs", type=int, help="documents a task kept in the search role (tasks with a "
                     "search.jsonl per task, like the SmolLM2 world's; 0: all)")
     ap.add_argument("--methods", help="comma-separated merge methods kept from the space (default: the world's)")
@@ -102,7 +109,8 @@ def parse_options(argv: Sequence[str] | None = None, description: str | None = N
     checkpoints = tuple(sorted(c for c in ints(args.checkpoints or world.checkpoints, "checkpoints") if c <= trials))
     if not checkpoints or checkpoints[0] < 1:
         ap.error(f"no checkpoint between 1 and --trials {trials}")
-    if args.finalists < 1:
+    finalists = args.finalists or (2 if args.world == "smollm2" else 3)
+    if finalists < 1:
         ap.error("--finalists must be at least 1")
     if args.threads < 1:
         ap.error("--threads must be at least 1")
@@ -110,14 +118,18 @@ def parse_options(argv: Sequence[str] | None = None, description: str | None = N
     if docs is not None and docs < 1:
         ap.error("--search-docs must be at least 1 (0: all)")
     methods = args.methods or world.methods
+    chosen = args.baselines or world.baselines
+    pool = None if chosen in (None, "all") else tuple(b.strip() for b in chosen.split(",") if b.strip())
+    if pool == ():
+        ap.error("--baselines is empty")
     space = args.space or world.space
     if not space.is_file():
         ap.error(f"no space file {space}")
     return Options(world=args.world, space=space, samplers=samplers, seeds=ints(args.seeds, "seeds"),
-                   trials=trials, checkpoints=checkpoints, finalists=args.finalists, search_docs=docs,
+                   trials=trials, checkpoints=checkpoints, finalists=finalists, search_docs=docs,
                    methods=tuple(m.strip() for m in methods.split(",")) if methods else None,
                    study_baselines=world.study_baselines if args.study_baselines is None else args.study_baselines,
-                   threads=args.threads, out=args.out)
+                   baselines=pool, threads=args.threads, out=args.out)
 
 
 def room_share(*, searched: float, baseline: float, oracle: float) -> float | None:

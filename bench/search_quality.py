@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     from search.study.candidate import read_record
     from search.study.loop import run_study, scalarize
     from search.study.storage import STUDY_NAME, open_storage
-    from search.study.trial import CandidateFailure, WorkerConfig
+    from search.study.trial import CandidateFailure, WorkerConfig, quiet_progress_bars
 
     if opts.world == "smollm2" and not (ROOT / "results" / "smollm2" / "models" / "base").exists():
         from search.worlds.smollm2.models import link_models
@@ -176,6 +176,22 @@ def main(argv: list[str] | None = None) -> None:
                 cache.put(spec_json, role, None)
         return cache.get(spec_json, role)
 
+    def own_test(spec_json: str, objective: str) -> list[float] | None:
+        """One objective's per-document test values of a merge (the oracle needs only each fine-tune's own)."""
+        assert backend is not None and backend.worker is not None
+        role = f"test:{objective}"
+        if not cache.has(spec_json, role):
+            from evaluators.registry import build_evaluator
+
+            worker = backend.worker
+            obj = next(o for o in worker.config.objectives if o.name == objective)
+            evaluator = build_evaluator(obj.evaluator, device=worker.device.type)
+            worker.merge(MergeSpec.model_validate_json(spec_json))
+            with quiet_progress_bars():
+                _, docs = evaluator.score_documents(worker.model, worker.tokenizer, "test")
+            cache.put(spec_json, role, docs.get(obj.metric))
+        return cache.get(spec_json, role)
+
     def picked(specs: list[str]) -> str:
         ok = [s for s in specs if scored(s, "select") is not None]
         return max(ok, key=lambda s: scored(s, "select"))
@@ -197,7 +213,11 @@ def main(argv: list[str] | None = None) -> None:
                 backend = InProcessBackend(replace(config, extra={**config.extra, "torch_threads": opts.threads}))
                 backend.start()
                 # the hand-set baselines, once for every seed: picked on select, the best scored on test
-                baselines = {b.name: b.spec.model_dump_json() for b in hand_set_baselines(tuple(space.models), seed=0)}
+                every = {b.name: b.spec.model_dump_json() for b in hand_set_baselines(tuple(space.models), seed=0)}
+                unknown = sorted(set(opts.baselines or ()) - set(every))
+                if unknown:
+                    raise SystemExit(f"--baselines: no hand-set baseline {unknown}; there are {sorted(every)}")
+                baselines = {n: s for n, s in every.items() if opts.baselines is None or n in opts.baselines}
                 for name, spec in baselines.items():
                     value = scored(spec, "select")
                     print(f"baseline {name:22s} select {value if value is None else round(value, 4)}", flush=True)
@@ -205,12 +225,8 @@ def main(argv: list[str] | None = None) -> None:
                 base_name = next(n for n, s in baselines.items() if s == base_spec)
                 _, base_docs = scored(base_spec, "test")
                 base_iv = mean_interval([(w, base_docs[k]) for k, w in weights.items()], seed=0)
-                own = {}
-                for k in weights:  # the oracle: each objective by its own fine-tune alone, on test
-                    if f"only_{k}" in baselines:
-                        got = scored(baselines[f"only_{k}"], "test")
-                        if got is not None:
-                            own[k] = got[1][k]
+                own = {k: docs for k in weights if f"only_{k}" in every  # each objective by its own fine-tune
+                       for docs in [own_test(every[f"only_{k}"], k)] if docs is not None}
                 try:
                     oracle_iv = mean_interval(oracle_groups(weights, own), seed=0)
                 except ValueError as exc:
@@ -250,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
                 write(stem, opts, rows, base_name, base_iv, oracle_iv)
     if backend is not None:
         backend.close()
+    shutil.rmtree(work, ignore_errors=True)
     assert base_iv is not None
     plot(stem, mean_by_checkpoint(rows, opts.checkpoints), list(opts.checkpoints), base_iv.estimate,
          oracle_iv.estimate if oracle_iv else None, opts.world)

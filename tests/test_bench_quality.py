@@ -53,17 +53,21 @@ def test_world_defaults_and_overrides() -> None:
     toy = parse_options([])
     assert toy.world == "toy" and toy.space == ROOT / "spaces" / "demo.yaml"
     assert toy.samplers == ("tpe", "cmaes", "random") and toy.checkpoints == (25, 50, 100)
-    assert toy.search_docs is None and toy.methods is None and toy.study_baselines
+    assert toy.search_docs is None and toy.methods is None and toy.study_baselines and toy.baselines is None
+    assert toy.finalists == 3
     real = parse_options(["--world", "smollm2", "--samplers", "tpe,cmaes", "--trials", "30", "--search-docs", "0",
                           "--checkpoints", "10,50,20", "--study-baselines"])
     assert real.space.name == "smollm2_lora.yaml" and real.samplers == ("tpe", "cmaes")
     assert real.checkpoints == (10, 20)  # sorted; those past --trials dropped
     assert real.search_docs is None and real.methods == ("task_arithmetic",) and real.study_baselines
+    assert real.baselines is not None and "task_arithmetic_0.3" in real.baselines and "ties" not in real.baselines
+    assert parse_options(["--world", "smollm2", "--baselines", "all"]).baselines is None
+    assert parse_options(["--baselines", "ties, uniform_soup"]).baselines == ("ties", "uniform_soup")
 
 
 @pytest.mark.parametrize("argv", [["--world", "moon"], ["--samplers", "tpe,anneal"], ["--seeds", "a"],
                                   ["--trials", "0"], ["--trials", "10", "--checkpoints", "20"],
-                                  ["--finalists", "0"], ["--search-docs", "-1"], ["--space", "nowhere.yaml"]])
+                                  ["--finalists", "-1"], ["--search-docs", "-1"], ["--baselines", ","], ["--space", "nowhere.yaml"]])
 def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         parse_options(argv)
