@@ -60,6 +60,7 @@ class Options:
     baselines: tuple[str, ...] | None
     threads: int
     out: Path
+    replot: bool = False
 
 
 def parse_options(argv: Sequence[str] | None = None, description: str | None = None) -> Options:
@@ -85,6 +86,8 @@ def parse_options(argv: Sequence[str] | None = None, description: str | None = N
     ap.add_argument("--methods", help="comma-separated merge methods kept from the space (default: the world's)")
     ap.add_argument("--study-baselines", action=argparse.BooleanOptionalAction, default=None,
                     help="let each study score the hand-set baselines first, as `search start` does")
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw the plot from the world's saved table (search_quality_<world>.json)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the worker")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench", help="folder for the table and plot")
     args = ap.parse_args(argv)
@@ -129,7 +132,8 @@ def parse_options(argv: Sequence[str] | None = None, description: str | None = N
                    trials=trials, checkpoints=checkpoints, finalists=finalists, search_docs=docs,
                    methods=tuple(m.strip() for m in methods.split(",")) if methods else None,
                    study_baselines=world.study_baselines if args.study_baselines is None else args.study_baselines,
-                   baselines=pool, threads=args.threads, out=args.out)
+                   baselines=pool, threads=args.threads, out=args.out,
+                   replot=args.replot)
 
 
 def room_share(*, searched: float, baseline: float, oracle: float) -> float | None:

@@ -130,6 +130,13 @@ class ScoreCache:
 
 def main(argv: list[str] | None = None) -> None:
     opts = parse_options(argv, __doc__)
+    if opts.replot:  # e.g. after a run stopped early: the table and JSON are written after every row
+        saved = json.loads((opts.out / f"search_quality_{opts.world}.json").read_text())
+        rows = [Row(**{**r, "test": tuple(r["test"]), "diff": tuple(r["diff"])}) for r in saved["rows"]]
+        done = sorted({r.trials for r in rows})
+        plot(opts.out / f"search_quality_{opts.world}", mean_by_checkpoint(rows, done), done,
+             saved["baseline_test"][0], saved["oracle_test"][0] if saved["oracle_test"] else None, opts.world)
+        return
 
     import optuna
     from optuna.trial import TrialState

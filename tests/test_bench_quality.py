@@ -98,3 +98,14 @@ def test_bench_space_for_the_smollm2_world(tmp_path: Path) -> None:
     assert len(search) == 10
     with pytest.raises(SystemExit, match="ties_x"):
         bench_space(parse_options(["--world", "smollm2", "--methods", "ties_x"]), tmp_path / "b")
+
+
+def test_replot_redraws_from_the_saved_table(tmp_path: Path) -> None:
+    from bench.search_quality import main
+
+    rows = [Row("tpe", s, n, (0.3 + 0.01 * n, 0.2, 0.5), (0.05, 0.01, 0.1), 0.4, "#1") for s in (0, 1) for n in (8, 16)]
+    (tmp_path / "search_quality_smollm2.json").write_text(json.dumps({
+        "baseline_test": [0.3, 0.25, 0.35], "oracle_test": [0.6, 0.55, 0.65],
+        "rows": [{**r.__dict__} for r in rows]}))
+    main(["--world", "smollm2", "--replot", "--out", str(tmp_path)])
+    assert (tmp_path / "search_quality_smollm2.png").stat().st_size > 1000
