@@ -61,6 +61,13 @@ class Options:
     threads: int
     out: Path
     replot: bool = False
+    weight_range: tuple[float, float] | None = None
+    tag: str = ""
+
+    @property
+    def stem(self) -> Path:
+        """Where the table, JSON and plot go: ``out/search_quality_<world>[_<tag>]``."""
+        return self.out / (f"search_quality_{self.world}" + (f"_{self.tag}" if self.tag else ""))
 
 
 def parse_options(argv: Sequence[str] | None = None, description: str | None = None) -> Options:
@@ -86,6 +93,9 @@ def parse_options(argv: Sequence[str] | None = None, description: str | None = N
     ap.add_argument("--methods", help="comma-separated merge methods kept from the space (default: the world's)")
     ap.add_argument("--study-baselines", action=argparse.BooleanOptionalAction, default=None,
                     help="let each study score the hand-set baselines first, as `search start` does")
+    ap.add_argument("--weight-range", help="LOW,HIGH: the range of every kept method's weight (default: the "
+                    "space's)")
+    ap.add_argument("--tag", default="", help="suffix of the output files, for a variant of a world's run")
     ap.add_argument("--replot", action="store_true",
                     help="only redraw the plot from the world's saved table (search_quality_<world>.json)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the worker")
@@ -121,6 +131,17 @@ def parse_options(argv: Sequence[str] | None = None, description: str | None = N
     if docs is not None and docs < 1:
         ap.error("--search-docs must be at least 1 (0: all)")
     methods = args.methods or world.methods
+    weight_range = None
+    if args.weight_range:
+        try:
+            low, high = (float(x) for x in args.weight_range.split(","))
+        except ValueError:
+            ap.error(f"--weight-range takes LOW,HIGH, got {args.weight_range!r}")
+        if not 0 <= low < high:
+            ap.error(f"--weight-range needs 0 <= LOW < HIGH, got {args.weight_range!r}")
+        weight_range = (low, high)
+    if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():
+        ap.error(f"--tag takes letters, digits, - and _, got {args.tag!r}")
     chosen = args.baselines or world.baselines
     pool = None if chosen in (None, "all") else tuple(b.strip() for b in chosen.split(",") if b.strip())
     if pool == ():
@@ -133,7 +154,7 @@ def parse_options(argv: Sequence[str] | None = None, description: str | None = N
                    methods=tuple(m.strip() for m in methods.split(",")) if methods else None,
                    study_baselines=world.study_baselines if args.study_baselines is None else args.study_baselines,
                    baselines=pool, threads=args.threads, out=args.out,
-                   replot=args.replot)
+                   replot=args.replot, weight_range=weight_range, tag=args.tag)
 
 
 def room_share(*, searched: float, baseline: float, oracle: float) -> float | None:

@@ -76,6 +76,9 @@ def bench_space(opts: Options, work: Path) -> dict[str, Any]:
         if unknown:
             raise SystemExit(f"--methods: {unknown} not in the space's methods {sorted(data['methods'])}")
         updates["methods"] = {m: data["methods"][m] for m in opts.methods}
+    if opts.weight_range is not None:
+        methods = updates.get("methods", data["methods"])
+        updates["methods"] = {m: {**(args or {}), "weight": list(opts.weight_range)} for m, args in methods.items()}
     if opts.search_docs is not None:
         objectives = []
         for obj in data["objectives"]:
@@ -131,10 +134,10 @@ class ScoreCache:
 def main(argv: list[str] | None = None) -> None:
     opts = parse_options(argv, __doc__)
     if opts.replot:  # e.g. after a run stopped early: the table and JSON are written after every row
-        saved = json.loads((opts.out / f"search_quality_{opts.world}.json").read_text())
+        saved = json.loads(opts.stem.with_suffix(".json").read_text())
         rows = [Row(**{**r, "test": tuple(r["test"]), "diff": tuple(r["diff"])}) for r in saved["rows"]]
         done = sorted({r.trials for r in rows})
-        plot(opts.out / f"search_quality_{opts.world}", mean_by_checkpoint(rows, done), done,
+        plot(opts.stem, mean_by_checkpoint(rows, done), done,
              saved["baseline_test"][0], saved["oracle_test"][0] if saved["oracle_test"] else None, opts.world)
         return
 
@@ -159,15 +162,17 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="search-quality-"))
     updates = bench_space(opts, work)
     opts.out.mkdir(parents=True, exist_ok=True)
-    stem = opts.out / f"search_quality_{opts.world}"
+    stem = opts.stem
     print(f"world {opts.world}: {opts.space.relative_to(ROOT) if opts.space.is_relative_to(ROOT) else opts.space}; "
           f"samplers {','.join(opts.samplers)}; seeds {','.join(map(str, opts.seeds))}; {opts.trials} trials "
           f"(checkpoints {','.join(map(str, opts.checkpoints))}); {opts.finalists} finalists; methods "
           f"{','.join(opts.methods) if opts.methods else 'as the space'}; search documents a task "
-          f"{opts.search_docs or 'as the space'}; baselines in the studies: {opts.study_baselines}", flush=True)
+          f"{opts.search_docs or 'as the space'}; weight range {opts.weight_range or 'as the space'}; "
+          f"baselines in the studies: {opts.study_baselines}", flush=True)
 
     backend: InProcessBackend | None = None
-    cache = ScoreCache(stem.with_suffix(".cache.json"), opts.space)
+    # one cache a world: select and test scores do not depend on the searched ranges or the search documents
+    cache = ScoreCache(opts.out / f"search_quality_{opts.world}.cache.json", opts.space)
 
     def scored(spec_json: str, role: str) -> Any:
         """select: the weighted value; test: (scores, per-document values). Every merge is scored once a role."""

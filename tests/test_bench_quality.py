@@ -67,7 +67,8 @@ def test_world_defaults_and_overrides() -> None:
 
 @pytest.mark.parametrize("argv", [["--world", "moon"], ["--samplers", "tpe,anneal"], ["--seeds", "a"],
                                   ["--trials", "0"], ["--trials", "10", "--checkpoints", "20"],
-                                  ["--finalists", "-1"], ["--search-docs", "-1"], ["--baselines", ","], ["--space", "nowhere.yaml"]])
+                                  ["--finalists", "-1"], ["--search-docs", "-1"], ["--baselines", ","], ["--weight-range", "0.5"],
+                                  ["--weight-range", "0.4,0.1"], ["--tag", "a/b"], ["--space", "nowhere.yaml"]])
 def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         parse_options(argv)
@@ -96,6 +97,10 @@ def test_bench_space_for_the_smollm2_world(tmp_path: Path) -> None:
     assert paths == {str(tmp_path / "tasks-10")}
     search = (tmp_path / "tasks-10" / "smollm2_add" / "search.jsonl").read_text().splitlines()
     assert len(search) == 10
+    narrow = bench_space(parse_options(["--world", "smollm2", "--weight-range", "0,0.4", "--tag", "narrow"]),
+                         tmp_path)
+    assert narrow["methods"] == {"task_arithmetic": {"weight": [0.0, 0.4]}}
+    assert parse_options(["--world", "smollm2", "--tag", "narrow"]).stem.name == "search_quality_smollm2_narrow"
     with pytest.raises(SystemExit, match="ties_x"):
         bench_space(parse_options(["--world", "smollm2", "--methods", "ties_x"]), tmp_path / "b")
 
