@@ -309,7 +309,7 @@ def plot(stem: Path, means: dict[str, list[float]], checkpoints: list[int], base
     if oracle is not None:
         ax.axhline(oracle, color="black", linestyle=":", label="oracle (each skill by its own fine-tune)")
     ax.set_xlabel("trials")
-    ax.set_ylabel("test score of the pick on select (weighted, mean over seeds)")
+    ax.set_ylabel("test score of the pick (mean over seeds)")
     ax.set_title(f"search quality, {world} world")
     ax.legend(fontsize=8)
     fig.tight_layout()
