@@ -348,6 +348,8 @@ def select(
                                "complete candidates, else 0.25,0.5,0.75)"),
     soup_size: int = typer.Option(None, "--soup-size", min=1,
                                   help="best candidates the soups draw from (default: scales, 2-8)"),
+    baselines: int = typer.Option(None, "--baselines", min=1,
+                                  help="hand-set baselines re-scored on select, the best on search (default 3)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     verbose: bool = typer.Option(False, "--verbose", help="also show the libraries' messages (always in run.log)"),
 ) -> None:
@@ -359,7 +361,7 @@ def select(
     from search.console import LibraryLog
 
     options = Options(top_k=top_k, max_front=max_front, alphas=None if alphas is None else _alphas(alphas),
-                      soup_size=soup_size)
+                      soup_size=soup_size, baselines=baselines)
     from search.report.render import render_report
 
     with LibraryLog(run_dir, verbose=verbose):
