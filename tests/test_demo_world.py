@@ -144,3 +144,17 @@ def test_lm_eval_scores_the_tasks_like_the_fast_scorer(loaded: dict) -> None:
     assert res["demo_add_ll"]["acc,none"] == pytest.approx(fast_add.exact)
     assert res["demo_rev"]["exact_match,strip"] == pytest.approx(fast_rev.exact)
     assert 1.0 < res[TEXT_TASK]["byte_perplexity,none"] < 3.0
+
+
+def test_demo_space_roles_give_select_enough_documents() -> None:
+    """spaces/demo.yaml divides each skill's 500 validation documents 2:3 between search and select (a select
+    role large enough that the pick among a few finalists is not mostly luck) and tests on the 500 held-out."""
+    from evaluators.registry import build_evaluator
+    from search.config.space import load_space
+
+    demo = Path(__file__).resolve().parents[1] / "spaces" / "demo.yaml"
+    for objective in load_space(demo).space.objectives:
+        ev = build_evaluator(objective.evaluator, config_file=demo)
+        search, select, test = (ev.num_docs(role) for role in ("search", "select", "test"))
+        assert search + select == 500 and test == 500, (objective.name, search, select, test)
+        assert 170 <= search <= 230 and 270 <= select <= 330, (objective.name, search, select)
