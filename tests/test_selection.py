@@ -161,12 +161,17 @@ def test_select_works_on_an_interrupted_run(run: Path, tmp_path: Path,
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("report*", "selection.json", "export"))
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(copy))
     study.ask()  # a trial left RUNNING, as a killed driver leaves it
-    main(["select", str(copy), "--alphas", "0.5", "--max-front", "3", "--soup-size", "3", "--quiet"])
+    main(["select", str(copy), "--alphas", "0.5", "--max-front", "3", "--soup-size", "3", "--baselines", "1",
+          "--quiet"])
     assert f"winner {read_selection(copy).winner}" in capsys.readouterr().out
     selection = read_selection(copy)
     assert selection.facts.running == 1 and selection.facts.done == 10
     assert len(selection.frontier) == 3
     assert {it.alpha for it in selection.items if it.kind == "interpolation"} == {0.5}
+    # one baseline re-scored on select: the best on search (and any other on the frontier)
+    assert selection.options.baselines == 1
+    rescored = {it.baseline for it in selection.items if it.kind == "baseline" and not it.frontier}
+    assert rescored <= _best_baselines(copy, 1) <= {it.baseline for it in selection.items if it.kind == "baseline"}
     assert (copy / "report.html").exists() and (copy / "report.md").exists()
 
 
