@@ -171,7 +171,8 @@ def test_select_works_on_an_interrupted_run(run: Path, tmp_path: Path,
     # one baseline re-scored on select: the best on search (and any other on the frontier)
     assert selection.options.baselines == 1
     rescored = {it.baseline for it in selection.items if it.kind == "baseline" and not it.frontier}
-    assert rescored <= _best_baselines(copy, 1) <= {it.baseline for it in selection.items if it.kind == "baseline"}
+    every = {it.baseline for it in selection.items if it.kind == "baseline"}
+    assert rescored <= _best_baselines(copy, 1) <= every
     assert (copy / "report.html").exists() and (copy / "report.md").exists()
 
 
