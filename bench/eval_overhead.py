@@ -23,19 +23,13 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
-import os
 import pstats
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TQDM_DISABLE", "1")
+from common import ROOT, library_log  # noqa: E402  (the checkout on sys.path, offline hubs)
 
 import torch  # noqa: E402
 
@@ -272,4 +266,5 @@ def estimate_7b(kind: str, low_s: float, high_s: float, instances: list[Any], ba
 
 
 if __name__ == "__main__":
-    main()
+    with library_log("eval_overhead"):
+        main()

@@ -14,16 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import ROOT, library_log  # noqa: E402  (the checkout on sys.path, offline hubs)
 
 
 def measure(space: Path, work: Path, name: str, trials: int, backend: str, workers: int) -> dict[str, float]:
@@ -93,4 +88,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with library_log("ray_scaling"):
+        main()

@@ -28,17 +28,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import ROOT, library_log  # noqa: E402  (the checkout on sys.path, offline hubs)
 
 
 class TokenCounter:
@@ -217,4 +211,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with library_log("refine"):
+        main()

@@ -27,14 +27,12 @@ import argparse
 import gc
 import math
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import common  # noqa: E402, F401  (the checkout on sys.path, offline hubs)
 
 from bench.shapes import llama_config, llama_tensors  # noqa: E402
 from search.merging.spec import MergeSpec  # noqa: E402

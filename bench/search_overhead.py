@@ -16,7 +16,6 @@ Printed, each measured in this one run:
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -26,11 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import ROOT, library_log  # noqa: E402  (the checkout on sys.path, offline hubs)
 
 from space_copy import space_copy  # noqa: E402
 
@@ -222,4 +217,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with library_log("search_overhead"):
+        main()

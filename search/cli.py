@@ -106,9 +106,14 @@ def plan(
 
 
 def _plan_first(loaded: object) -> None:
-    """Print the memory plan as a run's first lines; refuse (exit 2) before loading anything when it cannot fit."""
+    """Refuse what cannot run (exit 2) before anything is printed, loaded or written: a `refine:` that does not
+    apply to the space, then a run that does not fit memory; else print the memory plan as the run's first lines."""
     from search.weights.memory_plan import plan_for_space, refusal, render_plan
 
+    if loaded.space.refine is not None:  # type: ignore[attr-defined]
+        from search.refine.run import check_space
+
+        check_space(loaded)
     memory_plan = plan_for_space(loaded, for_run=True)
     Console(stderr=True, width=max(120, err.width)).print(render_plan(memory_plan))
     if not memory_plan.fits:
@@ -181,18 +186,15 @@ def _say_result(selection: object) -> None:
 def _run(loaded: object, *, quiet: bool, select: bool = True, verbose: bool = False) -> None:
     """The stages of a run on one backend: the search, then selection on the same workers, then the report."""
     from search.console import LibraryLog
+    from search.study.folder import RunFolder
     from search.study.loop import RunAborted, open_backend, run_study
-    from search.study.storage import RESOLVED
 
-    run_dir = loaded.output  # type: ignore[attr-defined]
+    folder = RunFolder(loaded.output)  # type: ignore[attr-defined]
+    run_dir = folder.path
     progress = not quiet and sys.stderr.isatty()
     selection = None
-    if loaded.space.refine is not None:  # type: ignore[attr-defined]
-        from search.refine.run import check_space
-
-        check_space(loaded)  # a refine that cannot run is refused before the search starts
     try:
-        with LibraryLog(loaded.output, verbose=verbose):  # type: ignore[attr-defined]
+        with LibraryLog(folder.log_file, verbose=verbose):
             loaded, backend = open_backend(loaded)  # type: ignore[arg-type]
             try:
                 summary = run_study(loaded, backend=backend, progress=progress, select=select)
@@ -212,7 +214,7 @@ def _run(loaded: object, *, quiet: bool, select: bool = True, verbose: bool = Fa
         err.print(f"[bold red]run stopped:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        if (run_dir / RESOLVED).exists():
+        if folder.resolved_file.exists():
             err.print(f"interrupted; resume with: search resume {run_dir}", highlight=False, soft_wrap=True)
         else:
             err.print("interrupted before the run started: no trial was recorded", highlight=False)
@@ -228,8 +230,8 @@ def _run(loaded: object, *, quiet: bool, select: bool = True, verbose: bool = Fa
                + (f", selection {selection.seconds['total']:.0f} s" if selection is not None else ""))
     if selection is not None:
         _say_result(selection)
-    if select and (summary.run_dir / "report.html").exists():
-        typer.echo(f"report: {summary.run_dir / 'report.html'} (and report.md); export a model with "
+    if select and folder.report_html.exists():
+        typer.echo(f"report: {folder.report_html} (and {folder.report_md.name}); export a model with "
                    f"`search export {summary.run_dir} --pick best`")
 
 
@@ -266,10 +268,11 @@ def refine(
     """Refine a trial's weight/lambda coefficients by gradient descent on the search documents and record the
     result as a trial of its own (settings: the space's `refine:`, else the defaults)."""
     from search.console import LibraryLog
+    from search.study.folder import RunFolder
     from search.refine.run import prepare_refine, refine_run
 
     job = prepare_refine(run_dir, from_trial=from_trial)  # refusals first: nothing written, not even run.log
-    with LibraryLog(run_dir, verbose=verbose):
+    with LibraryLog(RunFolder(run_dir).log_file, verbose=verbose):
         result = refine_run(run_dir, job=job, progress=not quiet and sys.stderr.isatty())
     _say_refined(result)
     if not result.already_done:
@@ -288,7 +291,9 @@ def demo(
     space_file = Path(__file__).resolve().parents[1] / "spaces" / "demo.yaml"
     if not space_file.exists():
         raise UserError(f"the demo space {space_file} is missing", fix="run from a checkout of merge-search")
-    _run(load_space(space_file, output=output), quiet=quiet, verbose=verbose)
+    loaded = load_space(space_file, output=output)
+    _plan_first(loaded)
+    _run(loaded, quiet=quiet, verbose=verbose)
 
 
 @app.command()
@@ -348,6 +353,8 @@ def select(
                                "complete candidates, else 0.25,0.5,0.75)"),
     soup_size: int = typer.Option(None, "--soup-size", min=1,
                                   help="best candidates the soups draw from (default: scales, 2-8)"),
+    baselines: int = typer.Option(None, "--baselines", min=1,
+                                  help="hand-set baselines re-scored on select, the best on search (default 3)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     verbose: bool = typer.Option(False, "--verbose", help="also show the libraries' messages (always in run.log)"),
 ) -> None:
@@ -357,12 +364,13 @@ def select(
     from search.selection.select import select_run
 
     from search.console import LibraryLog
+    from search.study.folder import RunFolder
 
     options = Options(top_k=top_k, max_front=max_front, alphas=None if alphas is None else _alphas(alphas),
-                      soup_size=soup_size)
+                      soup_size=soup_size, baselines=baselines)
     from search.report.render import render_report
 
-    with LibraryLog(run_dir, verbose=verbose):
+    with LibraryLog(RunFolder(run_dir).log_file, verbose=verbose):
         selection = select_run(run_dir, progress=not quiet and sys.stderr.isatty(), options=options)
         render_report(run_dir, selection=selection)
     _say_result(selection)
@@ -383,11 +391,12 @@ def export(
 ) -> None:
     """Write picked models as Hugging Face folders, each with a model card and a mergekit YAML beside it."""
     from search.console import LibraryLog
+    from search.study.folder import RunFolder
     from search.export.folder import export_run
 
     if as_ not in ("folder", "adapter"):
         raise UserError(f"--as {as_} is not a format", field="--as", fix="write --as folder or --as adapter")
-    with LibraryLog(run_dir, verbose=verbose):
+    with LibraryLog(RunFolder(run_dir).log_file, verbose=verbose):
         folders = export_run(run_dir, pick, out=out, overwrite=overwrite, device=device, as_adapter=as_ == "adapter")
     for folder in folders:
         if as_ == "adapter":

@@ -1,18 +1,18 @@
-"""A quiet console: library messages go to ``RUN_DIR/run.log``, the terminal shows our progress and results.
+"""A quiet console: library messages go to the run's log file, the terminal shows our progress and results.
 
 lm-eval, transformers, datasets, Optuna, Ray and PyTorch speak through Python's ``logging`` (some with their own
 stream handler and no propagation) and through ``warnings``. While :class:`LibraryLog` is active, those loggers
-write to one handler that appends to ``run.log`` in the run folder (``logging.captureWarnings`` routes warnings
-there too); ``verbose`` keeps their own handlers as well, so the messages also reach the terminal. Nothing is
+write to one handler that appends to the log file the caller names, ``RunFolder(run_dir).log_file``
+(``RUN_DIR/run.log``; ``logging.captureWarnings`` routes warnings there too); ``verbose`` keeps their own handlers as well, so the messages also reach the terminal. Nothing is
 patched: handlers are swapped on the libraries' loggers and put back on exit.
 
-The run folder may not exist yet when the first message comes (it is written only once the input is known to
-be good): records wait in memory and are written when it appears. If the run never gets a folder and an
-exception ends it, the waiting records go to stderr, so that a crash keeps its context.
+The log file's folder (the run folder) may not exist yet when the first message comes (it is written only once
+the input is known to be good): records wait in memory and are written when it appears. If the run never gets a
+folder and an exception ends it, the waiting records go to stderr, so that a crash keeps its context.
 
->>> with LibraryLog(Path("results/demo")) as log:          # doctest: +SKIP
+>>> with LibraryLog(RunFolder("results/demo").log_file) as log:   # doctest: +SKIP
 ...     run_study(loaded)
->>> log.path                                                # doctest: +SKIP
+>>> log.path                                                       # doctest: +SKIP
 PosixPath('results/demo/run.log')
 """
 
@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
-RUN_LOG = "run.log"
 # Loggers of the libraries we drive; "" is the root logger (where lm-eval's and most others' records propagate).
 LIBRARIES = ("", "lm-eval", "lm_eval", "transformers", "datasets", "huggingface_hub", "optuna", "ray", "torch",
              "accelerate", "peft", "evaluate", "absl", "filelock", "urllib3", "matplotlib", "PIL", "py.warnings")
@@ -31,21 +30,21 @@ _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class _RunFolderHandler(logging.Handler):
-    """Appends records to ``run_dir/run.log`` once the folder exists; until then, keeps them in memory."""
+    """Appends records to ``path`` once its folder exists; until then, keeps them in memory."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, path: Path) -> None:
         super().__init__(logging.DEBUG)
-        self.run_dir = Path(run_dir)
+        self.path = Path(path)
         self.waiting: list[logging.LogRecord] = []
         self._file: logging.FileHandler | None = None
         self.setFormatter(logging.Formatter(_FORMAT))
 
     @property
-    def path(self) -> Path:
-        return self.run_dir / RUN_LOG
+    def folder(self) -> Path:
+        return self.path.parent
 
     def _opened(self) -> logging.FileHandler | None:
-        if self._file is None and self.run_dir.is_dir():
+        if self._file is None and self.folder.is_dir():
             self._file = logging.FileHandler(self.path, mode="a", encoding="utf-8", delay=False)
             self._file.setFormatter(self.formatter)
             for record in self.waiting:
@@ -68,10 +67,10 @@ class _RunFolderHandler(logging.Handler):
 
 
 class LibraryLog:
-    """Route the libraries' log records and warnings to ``run_dir/run.log`` while active (see module doc)."""
+    """Route the libraries' log records and warnings to the file ``path`` while active (see module doc)."""
 
-    def __init__(self, run_dir: Path, *, verbose: bool = False) -> None:
-        self.handler = _RunFolderHandler(run_dir)
+    def __init__(self, path: Path, *, verbose: bool = False) -> None:
+        self.handler = _RunFolderHandler(path)
         self.verbose = verbose
         self._saved: list[tuple[logging.Logger, list[logging.Handler], bool, int]] = []
         self._captured = False
@@ -113,7 +112,7 @@ class LibraryLog:
             logger.propagate = propagate
             logger.setLevel(level)
         self._saved.clear()
-        if exc is not None and not self.handler.run_dir.is_dir() and not self.verbose:
+        if exc is not None and not self.handler.folder.is_dir() and not self.verbose:
             for record in self.handler.waiting:  # a crash before the run folder: keep its context visible
                 print(self.handler.format(record), file=sys.stderr)
             self.handler.waiting.clear()

@@ -143,6 +143,19 @@ def test_a_search_of_fisher_and_regmean_writes_its_statistics_once_and_resumes_w
 
 
 @pytest.mark.slow
+def test_the_memory_plan_counts_the_statistics_it_will_hold(searched: dict[str, Any]) -> None:
+    from search.weights.memory_plan import plan_for_space
+
+    plan = plan_for_space(searched["loaded"])
+    planned = {p.name: p.nbytes for p in plan.parts if p.name.startswith("statistics")}
+    for path in (searched["run_dir"] / "statistics").iterdir():
+        kind = path.name.split("-")[0]
+        stored = sum(t.numel() * t.element_size() for t in load_file(str(path)).values())
+        # fisher: exactly one float32 per parameter and fine-tune; gram: the llama-like estimate, never below
+        assert stored <= planned[f"statistics ({kind})"] <= 1.5 * stored, (kind, stored, planned)
+
+
+@pytest.mark.slow
 def test_the_statistics_are_the_search_documents_fisher_and_grams_of_each_parent(
     searched: dict[str, Any], family: tuple[Path, list[Path]]
 ) -> None:

@@ -51,18 +51,14 @@ def test_a_record_from_a_newer_version_is_refused() -> None:
         read_record({RECORD_KEY: {"version": 99, "method": "x"}})
 
 
-def test_folder_writes_atomically_inside_itself_and_keeps_artefacts_in_cache(tmp_path: Path) -> None:
+def test_folder_writes_atomically_inside_itself(tmp_path: Path) -> None:
     from search.statistics.store import statistics_path
 
     folder = RunFolder(tmp_path / "run")
     assert statistics_path(folder.path, "gram", "k").parent == folder.statistics_dir  # the statistics' own place
-    path = folder.artefact("refine/gradients.safetensors")
-    assert path == tmp_path / "run" / "cache" / "refine" / "gradients.safetensors" and path.parent.is_dir()
-    folder.write_bytes(path, b"stats")
-    assert path.read_bytes() == b"stats" and not list(path.parent.glob("*.tmp"))
-    for bad in ("../outside", "/etc/x", ""):
-        with pytest.raises(ValueError):
-            folder.artefact(bad)
+    path = folder.write_bytes(folder.report_files / "trials.csv", b"a,b")
+    assert path == tmp_path / "run" / "report_files" / "trials.csv"
+    assert path.read_bytes() == b"a,b" and not list(path.parent.glob("*.tmp"))
     with pytest.raises(ValueError):
         folder.write_text(tmp_path / "elsewhere.txt", "no")
     with pytest.raises(UserError, match="search select"):

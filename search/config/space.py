@@ -341,6 +341,12 @@ class Space(_Frozen):
                 raise FieldError(str(exc), loc=("pruner", *exc.loc), fix=exc.fix) from None
         return self
 
+    def statistics_kinds(self) -> tuple[str, ...]:
+        """The per-parent statistics the searched methods read (``fisher``, ``gram``), sorted; () when none."""
+        from search.merging.spec import lookup_method
+
+        return tuple(sorted({k for k in (lookup_method(m).statistics for m in self.methods) if k is not None}))
+
     def _check_calibration(self) -> None:
         from search.merging.spec import lookup_method
 

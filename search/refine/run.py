@@ -101,10 +101,12 @@ def refine_run(run_dir: Path, *, settings: Refine | None = None, from_trial: int
 
 def _loaded(run_dir: Path) -> Any:
     from search.config.space import load_space
-    from search.study.storage import RESOLVED, SPACE_COPY, adopt_roles, read_resolved
+    from search.study.folder import RunFolder
+    from search.study.storage import SPACE_COPY, adopt_roles, read_resolved
 
-    if not (run_dir / RESOLVED).exists():
-        raise UserError(f"'{run_dir}' is not a run folder (it has no {RESOLVED})", field="RUN_DIR",
+    resolved_file = RunFolder(run_dir).resolved_file
+    if not resolved_file.exists():
+        raise UserError(f"'{run_dir}' is not a run folder (it has no {resolved_file.name})", field="RUN_DIR",
                         fix="give the folder of a run made by `search start`")
     resolved = read_resolved(run_dir)
     space_file = Path(resolved["space_file"])

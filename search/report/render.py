@@ -170,7 +170,7 @@ class _Context:
             f"`{dashboard_command(self.run_dir, self.space)}` (study `merge-search`).",
             f"Other picks: `search export {self.run_dir} --pick soup|pareto|N|ITEM_ID`; re-select with other "
             f"knobs: `search select {self.run_dir} --top-k 8 --alphas 0.2,0.4,0.6,0.8`.",
-            f"The libraries' messages (lm-eval, transformers, datasets, Optuna, Ray): `{self.run_dir / 'run.log'}` "
+            f"The libraries' messages (lm-eval, transformers, datasets, Optuna, Ray): `{RunFolder(self.run_dir).log_file}` "
             "(`--verbose` shows them on the terminal).",
         ]
 

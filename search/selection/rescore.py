@@ -7,8 +7,8 @@ scored once on a role is never scored again (the cache is keyed on its candidate
 that already holds a mixture is not asked to load it again.
 
 >>> scorer = Scorer(backend, specs)                                           # doctest: +SKIP
->>> scorer.many([Request(parts, ("search", "select")) for parts in batch])   # all slots at once
->>> scorer.select([("trial:12", 1.0)])                                        # one, on one slot
+>>> scorer.many([Request(parts, ("search", "select")) for parts in batch])   # all slots at once  # doctest: +SKIP
+>>> scorer.select([("trial:12", 1.0)])                                        # one, on one slot  # doctest: +SKIP
 {'add': 0.8, 'rev': 0.7}
 >>> scores, per_document = scorer.test([("trial:12", 1.0)])                  # doctest: +SKIP
 """

@@ -32,13 +32,6 @@ def statistics_path(run_dir: str | Path, kind: str, key: str) -> Path:
     return Path(run_dir) / STATISTICS_DIR / f"{kind}-{key}.safetensors"
 
 
-def needed_kinds(methods: Sequence[str]) -> list[str]:
-    """The kinds of statistics the named methods read, sorted (none for the data-free methods)."""
-    from search.merging.spec import lookup_method
-
-    return sorted({k for k in (lookup_method(m).statistics for m in methods) if k is not None})
-
-
 def _files_of(path: str | Path) -> list[tuple[str, int, int]]:
     """(path, size, mtime_ns) of a parent's files (a folder's top-level files; ``MODEL+ADAPTER``: both)."""
     p = Path(path)

@@ -1,5 +1,5 @@
 """The run folder as one object: where each file lives, the space it ran, its study, the candidates' records, the
-selection file, the artefacts a stage keeps, and atomic writes of every file it owns.
+selection file, and atomic writes of every file it owns.
 
 ```
 RUN_DIR/
@@ -13,8 +13,6 @@ RUN_DIR/
   run.log           the libraries' messages                       folder.log_file
   statistics/       the data-aware methods' per-parent statistics, computed once per run
                     (search.statistics.store: <kind>-<key>.safetensors)  folder.statistics_dir
-  cache/            any other artefact a stage computes once per run and reuses on resume or in a later
-                    stage: folder.artefact("<stage>/<name>")
 ```
 
 Every stage reads the run through this object instead of building paths or parsing trial attributes itself:
@@ -26,8 +24,8 @@ beside the target, then ``os.replace``, so a reader (or a crash) never sees half
 >>> folder = RunFolder("results/demo")                       # doctest: +SKIP
 >>> folder.space.budget.trials, len(folder.records())         # doctest: +SKIP
 (40, 51)
->>> folder.artefact("refine/gradients.safetensors")              # doctest: +SKIP
-PosixPath('results/demo/cache/refine/gradients.safetensors')
+>>> folder.write_text("notes.txt", "picked #14 for the safety team")  # doctest: +SKIP
+PosixPath('results/demo/notes.txt')
 """
 
 from __future__ import annotations
@@ -35,11 +33,10 @@ from __future__ import annotations
 import json
 import os
 from functools import cached_property
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from search.config.space import LoadedSpace, Space
-from search.console import RUN_LOG
 from search.errors import UserError
 from search.study import storage
 from search.study.baselines import BaselineRecord, recorded_baselines
@@ -51,7 +48,7 @@ REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
 REPORT_FILES = "report_files"
 EXPORT_DIR = "export"
-CACHE_DIR = "cache"
+RUN_LOG = "run.log"
 
 
 class RunFolder:
@@ -93,10 +90,6 @@ class RunFolder:
         return self.path / RUN_LOG
 
     @property
-    def cache_dir(self) -> Path:
-        return self.path / CACHE_DIR
-
-    @property
     def statistics_dir(self) -> Path:
         """Where ``search.statistics.store`` keeps the data-aware statistics (one file per kind and key)."""
         return self.path / STATISTICS_DIR
@@ -105,17 +98,6 @@ class RunFolder:
     def journal(self) -> Path | None:
         """The journal file the study lives in (None when the space names an RDB storage)."""
         return storage.journal_path(self.path, self.space)
-
-    def artefact(self, name: str) -> Path:
-        """Where a stage keeps an artefact it computes once per run (``cache/<name>``; sub-folders allowed, made
-        here). Write it with :meth:`write_bytes` / :meth:`write_text`; a file there is reused as it is, so put
-        what it depends on in its name (or check it in the file)."""
-        rel = PurePosixPath(name)
-        if not name or rel.is_absolute() or ".." in rel.parts:
-            raise ValueError(f"artefact name {name!r}: give a relative path inside cache/, without '..'")
-        path = self.cache_dir.joinpath(*rel.parts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
 
     # -- what the run is -----------------------------------------------------------------------------------------
     @cached_property

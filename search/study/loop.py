@@ -470,7 +470,7 @@ def finished_run(loaded: LoadedSpace, *, select: bool) -> RunSummary | None:
     running, and its selection made when ``select``): starting it again must not score or append anything."""
     run_dir, space = loaded.output, loaded.space
     journal = storage.journal_path(run_dir, space)
-    if space.budget.trials is None or not (run_dir / storage.RESOLVED).exists():
+    if space.budget.trials is None or not RunFolder(run_dir).resolved_file.exists():
         return None
     if journal is not None and not journal.exists():
         return None

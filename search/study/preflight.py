@@ -4,7 +4,9 @@ Each refuses bad input with a :class:`~search.errors.UserError` (file, field, fi
 machine lacks, an output that is a file or cannot be created, an lm-eval task no one defines, a run folder whose
 driver is still alive.
 
->>> check_device("cuda", file="space.yaml")        # doctest: +SKIP  (on a machine without CUDA)
+On a machine without CUDA:
+
+>>> check_device("cuda", file="space.yaml")        # doctest: +SKIP
 search.errors.UserError: space.yaml: field 'device': CUDA is not available on this machine. Fix: ...
 """
 

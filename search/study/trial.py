@@ -5,9 +5,9 @@ the tokenizer and the evaluators once, then serves candidates for the whole run.
 which backend calls it; the driver (``loop.py``) turns its answers into reports, prunes and tells.
 
 >>> worker = Worker(WorkerConfig.from_space(loaded))       # doctest: +SKIP
->>> worker.merge(spec)                                     # in place, no disk; raises CandidateFailure on NaN
->>> worker.score("search", 0.25)                           # {"add": 0.61, "reverse": 0.88}
->>> worker.score_documents("test")                         # scores, and each document's value per objective
+>>> worker.merge(spec)                                     # in place, no disk; raises CandidateFailure on NaN  # doctest: +SKIP
+>>> worker.score("search", 0.25)                           # {"add": 0.61, "reverse": 0.88}  # doctest: +SKIP
+>>> worker.score_documents("test")                         # scores, and each document's value per objective  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -319,10 +319,10 @@ class Worker:
 def statistics_config(loaded: Any, dtype: str) -> dict[str, Any]:
     """The calibration block (its jsonl path absolute) and kind -> file in the run folder, for the data-aware
     methods of the space (empty without them)."""
-    from search.statistics.store import calibration_source, needed_kinds, statistics_key, statistics_path
+    from search.statistics.store import calibration_source, statistics_key, statistics_path
 
     space = loaded.space
-    kinds = needed_kinds(list(space.methods))
+    kinds = space.statistics_kinds()
     if not kinds or space.calibration is None:
         return {}
     calibration = space.calibration.model_dump(mode="json")

@@ -18,7 +18,7 @@ Other PEFT types (IA3, prompt tuning, ...) and LoRA variants (DoRA, aLoRA, ...) 
 a pickled ``adapter_model.bin`` is refused unless ``allow_pickle``.
 
 >>> adapter = LoraAdapter.open("adapters/code")                       # doctest: +SKIP
->>> adapter.check_against(base_checkpoint)                            # shapes and target modules
+>>> adapter.check_against(base_checkpoint)                            # shapes and target modules  # doctest: +SKIP
 >>> up, down = adapter.factors("model.layers.0.self_attn.q_proj.weight")  # doctest: +SKIP
 """
 

@@ -10,6 +10,10 @@ in a second for a 70B family. Parts, per worker:
   (``(2k + 8) x 4`` bytes per element: TIES' upcast deltas, weighted copies, masks and top-k working copies
   are the worst case);
 - ``stream buffers`` (stream only): two tensors' worth of base + deltas on the GPU (double buffering);
+- ``statistics`` (data-aware methods only): the per-parent statistics they read, float32, where the parents are:
+  ``fisher`` one value per parameter and fine-tune; ``gram`` an ``in x in`` matrix per linear layer and fine-tune
+  (from the config: ``layers x (6 hidden² + intermediate²) + hidden²``, a llama-like block's seven linears and
+  the output head);
 - ``activations``: an estimate for the largest evaluator batch (see :func:`activation_bytes`);
 - ``process``: torch, transformers and lm-eval themselves in host memory (~2 GiB, measured on CPU);
 - ``CUDA reserve``: the CUDA context and allocator slack, 1 GiB per GPU.
@@ -170,8 +174,9 @@ class MemoryPlan:
 
 def plan_memory(shape: ParentsShape, *, dtype: str, placement: str, device: Literal["cpu", "cuda"], gpus: int = 1,
                 gpu_memory: int | None, cpu_memory: int | None, batch: int = DEFAULT_BATCH,
-                seq: int | None = None, explain: bool = True) -> MemoryPlan:
+                seq: int | None = None, statistics: tuple[str, ...] = (), explain: bool = True) -> MemoryPlan:
     """The plan for one worker (pure). ``placement`` auto picks resident when it fits the GPU, else stream.
+    ``statistics``: the kinds the data-aware methods read (``Space.statistics_kinds()``).
 
     ``explain`` adds, when nothing fits, the changes that would (bf16, stream, fewer models, more GPUs).
     """
@@ -181,18 +186,37 @@ def plan_memory(shape: ParentsShape, *, dtype: str, placement: str, device: Lite
                                                "on a machine with CUDA")
     if device == "cpu" or placement in ("resident", "stream"):
         plan = _plan(shape, dtype, "stream" if placement == "stream" else "resident", device, gpus,
-                     gpu_memory, cpu_memory, batch, seq)
+                     gpu_memory, cpu_memory, batch, seq, statistics)
     else:
-        plan = _plan(shape, dtype, "resident", device, gpus, gpu_memory, cpu_memory, batch, seq)
+        plan = _plan(shape, dtype, "resident", device, gpus, gpu_memory, cpu_memory, batch, seq, statistics)
         if not plan.fits:
-            plan = _plan(shape, dtype, "stream", device, gpus, gpu_memory, cpu_memory, batch, seq)
+            plan = _plan(shape, dtype, "stream", device, gpus, gpu_memory, cpu_memory, batch, seq, statistics)
     if plan.fits or not explain:
         return plan
-    return replace(plan, fixes=tuple(_fixes(shape, plan, placement, batch, seq)))
+    return replace(plan, fixes=tuple(_fixes(shape, plan, placement, batch, seq, statistics)))
+
+
+def statistics_numel(shape: ParentsShape, kind: str) -> int:
+    """Elements of one kind of statistics for all fine-tunes: ``fisher`` one per parameter, ``gram`` an
+    ``in x in`` matrix per linear layer (a llama-like block: q, k, v, o, gate, up read the hidden state, down the
+    intermediate one; plus the output head).
+
+    >>> shape = ParentsShape(float_numel=1000, other_bytes=0, largest_numel=100, native_bytes=4, num_models=2,
+    ...                      hidden=8, intermediate=16, vocab=10, layers=2, kv_width=8, max_positions=64)
+    >>> statistics_numel(shape, "fisher"), statistics_numel(shape, "gram")
+    (2000, 2688)
+    """
+    if kind == "fisher":
+        return shape.num_models * shape.float_numel
+    if kind == "gram":
+        per_parent = shape.layers * (6 * shape.hidden**2 + shape.intermediate**2) + shape.hidden**2
+        return shape.num_models * per_parent
+    raise ValueError(f"no memory estimate for statistics of kind {kind!r}")
 
 
 def _plan(shape: ParentsShape, dtype: str, placement: Placement, device: Literal["cpu", "cuda"], gpus: int,
-          gpu_memory: int | None, cpu_memory: int | None, batch: int, seq: int | None) -> MemoryPlan:
+          gpu_memory: int | None, cpu_memory: int | None, batch: int, seq: int | None,
+          statistics: tuple[str, ...] = ()) -> MemoryPlan:
     size = _DTYPE_BYTES[dtype]
     k = shape.num_models
     model = shape.float_numel * size + shape.other_bytes
@@ -212,6 +236,10 @@ def _plan(shape: ParentsShape, dtype: str, placement: Placement, device: Literal
         Part("merge scratch", scratch, gpu, scratch, f"float32 upcast of the largest tensor, (2k+8) x 4 B x "
                                                      f"{shape.largest_numel:,}"),
     ]
+    for kind in statistics:
+        nbytes = statistics_numel(shape, kind) * 4
+        parts.append(Part(f"statistics ({kind})", nbytes, parents_where, _split(nbytes, n, parents_where),
+                          f"float32, {k} fine-tune{'s' if k != 1 else ''}, computed once per run"))
     if placement == "stream":
         buffers = 2 * (k + 1) * shape.largest_numel * size
         parts.append(Part("stream buffers", buffers, "gpu", buffers, "2 tensors of base + deltas in flight"))
@@ -249,11 +277,13 @@ def activation_bytes(shape: ParentsShape, dtype_bytes: int, batch: int, seq: int
     return tokens * per_token
 
 
-def _fixes(shape: ParentsShape, plan: MemoryPlan, placement: str, batch: int, seq: int | None) -> list[str]:
+def _fixes(shape: ParentsShape, plan: MemoryPlan, placement: str, batch: int, seq: int | None,
+           statistics: tuple[str, ...] = ()) -> list[str]:
     """Changes to the space that would make the plan fit, each with what it would need."""
     def attempt(**change: Any) -> MemoryPlan:
         args: dict[str, Any] = dict(dtype=plan.dtype, placement=placement, device=plan.device, gpus=plan.gpus,
-                                    gpu_memory=plan.gpu_memory, cpu_memory=plan.cpu_memory, batch=batch, seq=seq)
+                                    gpu_memory=plan.gpu_memory, cpu_memory=plan.cpu_memory, batch=batch, seq=seq,
+                                    statistics=statistics)
         args.update(change)
         s = args.pop("shape", shape)
         return plan_memory(s, explain=False, **args)
@@ -317,7 +347,7 @@ def plan_for_space(loaded: Any, *, gpu_memory: int | None = None, cpu_memory: in
                            dtype=storage_dtype_name(space.dtype, loaded.base_model), placement=space.placement,
                            device=device, gpus=gpus, gpu_memory=gpu_memory or (None if remote else smallest),
                            cpu_memory=cpu_memory or (None if remote else host_memory_for(host_workers)),
-                           batch=batch, seq=seq)
+                           batch=batch, seq=seq, statistics=space.statistics_kinds())
     except UserError as exc:
         if exc.file is None:  # name the space file; the message keeps its field and fix once
             message = str(exc).split(". Fix: ")[0].removeprefix(f"field '{exc.field}': ")

@@ -23,7 +23,7 @@ the documents of the lm-eval tasks) or ``train`` (the rest, the only questions t
 question is ever trained on, and the three evaluation splits never share one.
 
 >>> [(e.question, e.answer) for e in examples("add", "test", 2)]
-[('What is 573 + 822?', '1395'), ('What is 232 + 862?', '1094')]
+[('What is 890 + 890?', '1780'), ('What is 482 + 250?', '732')]
 >>> chat(SKILLS["add"].draw(random.Random(0))[0])[:40]
 '<|im_start|>system\\nBe brief.<|im_end|>\\n<'
 """
