@@ -26,7 +26,6 @@ them itself, once). Every cut is an option: ``--methods``, ``--search-docs 0``, 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -34,12 +33,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+from common import ROOT, library_log  # noqa: E402  (the checkout on sys.path, the hubs offline)
 
 from bench.quality_table import (  # noqa: E402
     Options,
@@ -318,4 +313,5 @@ def plot(stem: Path, means: dict[str, list[float]], checkpoints: list[int], base
 
 
 if __name__ == "__main__":
-    main()
+    with library_log("search_quality"):
+        main()
