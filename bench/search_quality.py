@@ -89,7 +89,9 @@ def bench_space(opts: Options, work: Path) -> dict[str, Any]:
 class ScoreCache:
     """Select values and test scores already measured, in a JSON file beside the table, so that a rerun (or a
     run that crashed) scores only what is new. Keyed by the merge, the role and a digest of what decides a score:
-    the space's model files and task files (their names, sizes and modification times)."""
+    the space's model files, its task files (their names, sizes and modification times) and its evaluator specs
+    (role fractions and split maps decide which documents are select and test). It digests the space as given,
+    so a variant that cuts the search documents in a copy shares the cache."""
 
     def __init__(self, path: Path, space: Path) -> None:
         import hashlib
@@ -104,9 +106,10 @@ class ScoreCache:
         for root in roots:
             root = root.resolve()
             for f in sorted(root.rglob("*")) if root.is_dir() else [root]:
-                if f.is_file() and "__pycache__" not in f.parts and f.name != "search.jsonl":
+                if f.is_file() and "__pycache__" not in f.parts:
                     st = f.stat()
                     digest.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+        digest.update(json.dumps([o["evaluator"] for o in data["objectives"]], sort_keys=True).encode())
         self.context = digest.hexdigest()[:16]
         self.path = path
         self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}

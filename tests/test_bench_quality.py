@@ -114,3 +114,29 @@ def test_replot_redraws_from_the_saved_table(tmp_path: Path) -> None:
         "rows": [{**r.__dict__} for r in rows]}))
     main(["--world", "smollm2", "--replot", "--out", str(tmp_path)])
     assert (tmp_path / "search_quality_smollm2.png").stat().st_size > 1000
+
+
+def test_score_cache_knows_when_select_documents_change(tmp_path: Path) -> None:
+    """The demo's validation split (search.jsonl) holds its select role too: a changed file or changed role
+    fractions must not reuse select scores measured on other documents."""
+    import yaml
+
+    from bench.search_quality import ScoreCache
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "search.jsonl").write_text('{"q": 1}\n')
+    for name in ("base", "ft"):
+        (tmp_path / name).mkdir()
+    space = {"base_model": "base", "models": {"ft": "ft"},
+             "objectives": [{"name": "t", "evaluator": {"type": "lm_eval", "task": "t", "include_path": "tasks"}}]}
+    file = tmp_path / "space.yaml"
+    file.write_text(yaml.safe_dump(space))
+    cache = ScoreCache(tmp_path / "c.json", file)
+    cache.put("spec", "select", 0.5)
+    assert ScoreCache(tmp_path / "c.json", file).get("spec", "select") == 0.5  # a rerun reuses it
+    (tasks / "search.jsonl").write_text('{"q": 1}\n{"q": 2}\n')
+    assert not ScoreCache(tmp_path / "c.json", file).has("spec", "select")
+    space["objectives"][0]["evaluator"]["fractions"] = {"search": 0.4, "select": 0.6}
+    file.write_text(yaml.safe_dump(space))
+    assert not ScoreCache(tmp_path / "c.json", file).has("spec", "select")
