@@ -353,6 +353,8 @@ def select(
                                "complete candidates, else 0.25,0.5,0.75)"),
     soup_size: int = typer.Option(None, "--soup-size", min=1,
                                   help="best candidates the soups draw from (default: scales, 2-8)"),
+    baselines: int = typer.Option(None, "--baselines", min=1,
+                                  help="hand-set baselines re-scored on select, the best on search (default 3)"),
     test_front: int = typer.Option(5, "--test-front", min=0,
                                    help="pareto mode: most points of the select-role Pareto front also scored on test"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
@@ -367,7 +369,7 @@ def select(
     from search.study.folder import RunFolder
 
     options = Options(top_k=top_k, max_front=max_front, alphas=None if alphas is None else _alphas(alphas),
-                      soup_size=soup_size, test_front=test_front)
+                      soup_size=soup_size, baselines=baselines, test_front=test_front)
     from search.report.render import render_report
 
     with LibraryLog(RunFolder(run_dir).log_file, verbose=verbose):

@@ -117,8 +117,8 @@ def test_task_files_are_current_and_splits_disjoint(tmp_path: Path) -> None:
                 for s in SPLITS}
         key = "text" if task == TEXT_TASK else "query"
         search, heldout = ({r[key] for r in rows[s]} for s in SPLITS)
-        assert len(search) == len(rows["search"]) == 200
-        assert len(heldout) == len(rows["heldout"]) == (200 if task == TEXT_TASK else 500)
+        assert len(search) == len(rows["search"]) == (200 if task == TEXT_TASK else 500)
+        assert len(heldout) == len(rows["heldout"]) == (200 if task == TEXT_TASK else 800)
         assert not search & heldout, f"{task}: the splits share inputs"
 
 
@@ -144,3 +144,17 @@ def test_lm_eval_scores_the_tasks_like_the_fast_scorer(loaded: dict) -> None:
     assert res["demo_add_ll"]["acc,none"] == pytest.approx(fast_add.exact)
     assert res["demo_rev"]["exact_match,strip"] == pytest.approx(fast_rev.exact)
     assert 1.0 < res[TEXT_TASK]["byte_perplexity,none"] < 3.0
+
+
+def test_demo_space_roles_give_select_enough_documents() -> None:
+    """spaces/demo.yaml divides each skill's 500 validation documents 2:3 between search and select (a
+    select role large enough that the pick among a few finalists is not mostly luck), tests on 800."""
+    from evaluators.registry import build_evaluator
+    from search.config.space import load_space
+
+    demo = Path(__file__).resolve().parents[1] / "spaces" / "demo.yaml"
+    for objective in load_space(demo).space.objectives:
+        ev = build_evaluator(objective.evaluator, config_file=demo)
+        search, select, test = (ev.num_docs(role) for role in ("search", "select", "test"))
+        assert search + select == 500 and test == 800, (objective.name, search, select, test)
+        assert 170 <= search <= 230 and 270 <= select <= 330, (objective.name, search, select)

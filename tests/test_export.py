@@ -190,9 +190,11 @@ def test_export_refuses_and_writes_nothing(run: Path, tmp_path: Path,
 def test_export_a_trial_the_selection_did_not_keep(run: Path, tmp_path: Path) -> None:
     selection = read_selection(run)
     kept = {r for it in selection.items for r in it.refs}
-    study = RunFolder(run).study()
-    number = next(t.number for t in study.get_trials(deepcopy=False)
-                  if t.state.name == "COMPLETE" and f"trial:{t.number}" not in kept)
+    folder = RunFolder(run)
+    records = folder.records()
+    number = next(t.number for t in folder.study().get_trials(deepcopy=False)  # a searched trial, not a baseline
+                  if t.state.name == "COMPLETE" and f"trial:{t.number}" not in kept
+                  and records[t.number].baseline is None)
     (folder,) = export_run(run, str(number), out=tmp_path)
     assert folder.name == f"trial-{number}"
     assert "not scored on the select or test role" in (folder / "README.md").read_text().replace("\n", " ")

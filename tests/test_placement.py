@@ -166,7 +166,7 @@ def test_stream_on_cuda_gives_the_resident_merge():
                                                            params).cpu(), rtol=0, atol=0)
 
 
-def test_in_process_worker_sets_torch_threads_to_its_share(family, tmp_path: Path):
+def test_in_process_worker_sets_torch_threads_to_its_share(family, tmp_path: Path, monkeypatch):
     import json
 
     from search.backends.base import available_cores, thread_share
@@ -181,10 +181,16 @@ def test_in_process_worker_sets_torch_threads_to_its_share(family, tmp_path: Pat
                                                             "data": "docs.jsonl"}, "s"),),
                           space_file=str(tmp_path / "space.yaml"), device="cpu")
     before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     torch.set_num_threads(available_cores() + 3)  # oversubscribed, as a default on a shared machine can be
     try:
         InProcessBackend(config).start()
         assert torch.get_num_threads() == thread_share(available_cores()) == available_cores()
+        # the user's OMP_NUM_THREADS wins (one thread on a loaded machine beats one per core)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(available_cores() + 3)
+        InProcessBackend(config).start()
+        assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
     assert thread_share(available_cores() * 4, 4) == available_cores()

@@ -95,7 +95,7 @@ def test_report_shows_the_numbers_of_search_trials(run: Path, tmp_path: Path) ->
             assert cells[f"{o.name} search"] == f"{row[f'search.{o.name}'].item():.4f}", (item.id, o.name)
             assert cells[f"{o.name} select"] == f"{item.select[o.name]:.4f}"
         checked += 1
-    assert checked >= 9
+    assert checked >= 5  # the frontier's trials and the baselines re-scored on select (3 by default)
 
 
 def test_report_renders_again_from_the_run_folder(run: Path, tmp_path: Path) -> None:

@@ -71,9 +71,15 @@ def _search_scores(run_dir: Path, names: list[str]) -> dict[str, list[float]]:
     return out
 
 
-def _baseline_names(run_dir: Path) -> set[str]:
+def _best_baselines(run_dir: Path, k: int) -> set[str]:
+    """The ``k`` complete baselines with the best weighted search value (here minimised perplexities)."""
+    from search.study.folder import RunFolder
+
+    space = RunFolder(run_dir).loaded().space
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(run_dir))
-    return {b.name for b in recorded_baselines(study) if b.state == "COMPLETE"}
+    done = [b for b in recorded_baselines(study) if b.state == "COMPLETE"]
+    assert len(done) > k, "the fixture must have more baselines than are re-scored, or this tests nothing"
+    return {b.name for b in sorted(done, key=lambda b: space.weighted(b.search))[:k]}
 
 
 def test_frontier_point_is_never_dominated_on_the_search_split(run: Path) -> None:
@@ -98,7 +104,10 @@ def test_selection_items_are_scored_on_search_and_select(run: Path) -> None:
     assert {"trial", "baseline", "interpolation", "greedy_soup", "uniform_soup"} <= kinds
     names = [o.name for o in selection.objectives]
     scores = _search_scores(run, names)
-    assert {it.baseline for it in selection.items if it.kind == "baseline"} == _baseline_names(run)
+    # the baselines best on search are re-scored on select (and any on the frontier)
+    best = _best_baselines(run, selection.options.baselines)
+    assert best <= {it.baseline for it in selection.items if it.kind == "baseline"}
+    assert {it.baseline for it in selection.items if it.kind == "baseline" and not it.frontier} <= best
     for it in selection.items:
         assert it.error is None
         assert set(it.select) == set(it.search) == set(names), it.id
@@ -210,12 +219,18 @@ def test_select_works_on_an_interrupted_run(run: Path, tmp_path: Path,
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("report*", "selection.json", "export"))
     study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(copy))
     study.ask()  # a trial left RUNNING, as a killed driver leaves it
-    main(["select", str(copy), "--alphas", "0.5", "--max-front", "3", "--soup-size", "3", "--quiet"])
+    main(["select", str(copy), "--alphas", "0.5", "--max-front", "3", "--soup-size", "3", "--baselines", "1",
+          "--quiet"])
     assert f"winner {read_selection(copy).winner}" in capsys.readouterr().out
     selection = read_selection(copy)
     assert selection.facts.running == 1 and selection.facts.done == 10
     assert len(selection.frontier) == 3
     assert {it.alpha for it in selection.items if it.kind == "interpolation"} == {0.5}
+    # one baseline re-scored on select: the best on search (and any other on the frontier)
+    assert selection.options.baselines == 1
+    rescored = {it.baseline for it in selection.items if it.kind == "baseline" and not it.frontier}
+    every = {it.baseline for it in selection.items if it.kind == "baseline"}
+    assert rescored <= _best_baselines(copy, 1) <= every
     assert (copy / "report.html").exists() and (copy / "report.md").exists()
 
 

@@ -85,6 +85,19 @@ def thread_share(cores: int, workers: int = 1, cpus_per_worker: float | None = N
     return share
 
 
+def process_threads() -> int:
+    """Torch threads for the one worker of an in-process run: ``OMP_NUM_THREADS`` when the user set it (the
+    convention torch follows; on a machine shared with other jobs, ``OMP_NUM_THREADS=1`` can be several times
+    faster than one thread per core), else every core this process may use.
+
+    >>> set_torch_threads(process_threads())      # doctest: +SKIP
+    """
+    wanted = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if wanted.isdigit() and int(wanted) > 0:
+        return int(wanted)
+    return thread_share(available_cores())
+
+
 def set_torch_threads(threads: int) -> None:
     """Set this process's intra-op torch threads (inter-op threads can only be set before any parallel work)."""
     import torch

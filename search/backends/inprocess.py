@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from search.backends.base import Job, JobResult, available_cores, set_torch_threads, thread_share
+from search.backends.base import Job, JobResult, process_threads, set_torch_threads
 from search.study.trial import Worker, WorkerConfig, describe_failure
 
 
@@ -20,8 +20,9 @@ class InProcessBackend:
 
     def start(self) -> None:
         if self.worker is None:
-            # one worker: every core this process may use (a threads count in the config, e.g. from a test, wins)
-            set_torch_threads(int(self.config.extra.get("torch_threads") or thread_share(available_cores())))
+            # one worker: OMP_NUM_THREADS, else every core this process may use (a threads count in the config,
+            # e.g. from a test, wins)
+            set_torch_threads(int(self.config.extra.get("torch_threads") or process_threads()))
             self.worker = Worker(self.config)
 
     def submit(self, slot: int, job: Job) -> None:

@@ -109,8 +109,11 @@ SKILLS: dict[str, Skill] = {
 FINETUNE_SKILLS: tuple[str, ...] = ("add", "rev", "up", "sort", "title")
 
 
-#: The most examples one evaluation split can hold (two-digit sums have ~1350 reserved inputs).
+#: The most examples the ``search`` split can hold (and each split of the free text).
 MAX_EVAL = 500
+#: The most examples the ``heldout`` split can hold: two-digit sums have 1378 reserved inputs, 500 + 800
+#: of them are drawn.
+MAX_HELDOUT = 800
 
 
 _FAMILY_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -149,13 +152,16 @@ def eval_examples(skill: str, split: Split, n: int) -> list[Example]:
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if n > MAX_EVAL:
-        raise ValueError(f"at most {MAX_EVAL} examples a split, got {n}")
+    most = MAX_EVAL if split == "search" else MAX_HELDOUT
+    if n > most:
+        raise ValueError(f"at most {most} examples in the {split} split, got {n}")
     s = SKILLS[skill]
     rng = random.Random(_family_seed(s.family))
     seen: set[str] = set()
     inputs: list[str] = []
-    while len(inputs) < 2 * MAX_EVAL:
+    # one stream of inputs: the search split is its first MAX_EVAL, the held-out split the next ones (so a
+    # larger MAX_HELDOUT appends to the held-out split and changes nothing else)
+    while len(inputs) < MAX_EVAL + MAX_HELDOUT:
         x = s.draw(rng)
         if x in seen or not is_reserved(s.query(x)):
             continue

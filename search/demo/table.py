@@ -87,8 +87,9 @@ def render(rows: Mapping[str, Mapping[str, float]], note: str) -> str:
         "another answer). Each is generative with exact match (tag `demo`) and has a log-likelihood twin "
         "`demo_<skill>_ll` (answer perplexity and greedy accuracy; tag `demo_ll`); `demo_text` is a "
         "`loglikelihood_rolling` task on generated English. Every task has `validation_split: search` and "
-        "`test_split: heldout` (disjoint inputs: 200 documents in `search`; 500 in each skill's `heldout`, 200 in "
-        "`demo_text`'s; with the default roles, `search` and `select` divide the first and `test` is the second); "
+        "`test_split: heldout` (disjoint inputs: 500 documents a skill in `search`, 800 in `heldout`, "
+        "200 in each of `demo_text`'s; `search` and `select` divide the first, 2:1 with the default roles, "
+        "2:3 in `spaces/demo.yaml`, and `test` is the second); "
         "the data loads through `data.py` next to the YAML, from any working directory.",
         "",
         "Held-out exact match of the bundled demo models (`search/demo/models/`) and of merges of all five "

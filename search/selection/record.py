@@ -136,15 +136,21 @@ class SoupStep(_Record):
 
 
 class Options(_Record):
-    """The knobs of ``search select``; None: scaled to what the run found (:meth:`scaled`)."""
+    """The knobs of ``search select``; None: scaled to what the run found (:meth:`scaled`).
+
+    Every item scored on select competes for the win there, so more items cost time and also make the pick
+    luckier (the best of many noisy scores is optimistic): the defaults re-score few, chosen on search scores.
+    """
 
     top_k: int | None = Field(None, ge=1, description="Frontier size in weighted mode (the k best weighted sums); "
-                              "default: a quarter of the complete candidates, 2 to 5.")
+                              "default: an eighth of the complete candidates, 2 to 4.")
     max_front: int = Field(6, ge=2, description="Pareto mode: most front points kept (evenly spaced, ends).")
-    alphas: list[float] | None = Field(None, description="Interpolation at; default [0.5] below 20 complete "
+    alphas: list[float] | None = Field(None, description="Interpolation at; default [0.5] below 60 complete "
                                        "candidates, else [0.25, 0.5, 0.75].")
     soup_size: int | None = Field(None, ge=1, description="Candidates (best by search score) the soups draw from; "
-                                  "default: a third of the complete candidates, 2 to 8.")
+                                  "default: a sixth of the complete candidates, 2 to 6.")
+    baselines: int | None = Field(None, ge=1, description="Hand-set baselines re-scored on select: the best by "
+                                  "search score (the best baseline is picked among them); default 3.")
     test_front: int = Field(5, ge=0, description="Pareto mode: most points of the select-role Pareto front (of "
                             "every model scored on select, interpolations included) also scored on test, so the "
                             "trade-off is reported on documents that chose nothing; 0: none.")
@@ -154,15 +160,16 @@ class Options(_Record):
         re-scoring grows with what the run found, not with a fixed plan (6 trials do not need 48 scorings).
 
         >>> Options().scaled(8).model_dump()
-        {'top_k': 2, 'max_front': 6, 'alphas': [0.5], 'soup_size': 2, 'test_front': 5}
+        {'top_k': 2, 'max_front': 6, 'alphas': [0.5], 'soup_size': 2, 'baselines': 3, 'test_front': 5}
         >>> Options(alphas=[0.3]).scaled(60).model_dump()
-        {'top_k': 5, 'max_front': 6, 'alphas': [0.3], 'soup_size': 8, 'test_front': 5}
+        {'top_k': 4, 'max_front': 6, 'alphas': [0.3], 'soup_size': 6, 'baselines': 3, 'test_front': 5}
         """
         return Options(
-            top_k=self.top_k if self.top_k is not None else min(5, max(2, complete // 4)),
+            top_k=self.top_k if self.top_k is not None else min(4, max(2, complete // 8)),
             max_front=self.max_front,
-            alphas=self.alphas if self.alphas is not None else ([0.5] if complete < 20 else [0.25, 0.5, 0.75]),
-            soup_size=self.soup_size if self.soup_size is not None else min(8, max(2, complete // 3)),
+            alphas=self.alphas if self.alphas is not None else ([0.5] if complete < 60 else [0.25, 0.5, 0.75]),
+            soup_size=self.soup_size if self.soup_size is not None else min(6, max(2, complete // 6)),
+            baselines=self.baselines if self.baselines is not None else 3,
             test_front=self.test_front,
         )
 

@@ -9,8 +9,8 @@ records and ``resolved.json``), so it can be re-run at any time:
    weighted sum kept), the ``top_k`` best by the weighted sum when the study has one objective (``weighted``);
 2. rewarded-soup interpolations between neighbouring frontier points and between the two ends;
 3. the greedy soup and the uniform soup of the ``soup_size`` best candidates;
-4. every item above and every baseline scored on the select role; the winner is the best weighted sum of
-   select scores (baselines included: if one wins, the report says so);
+4. every item above and the ``baselines`` best hand-set baselines on search scored on the select role; the
+   winner is the best weighted sum of select scores (baselines included: if one wins, the report says so);
 5. a set fixed before the test role is scored: the winner, the best baseline and the best search trial on
    select, the greedy soup, and in Pareto mode the select-role Pareto front of every model scored above
    (interpolations included; ``Options.test_front`` points at most); each scored once on test with 95 %
@@ -177,7 +177,8 @@ def select_run(run_dir: str | Path, *, progress: bool = True, options: Options |
     direction = value_direction(space)
     maximize = direction == "maximize"
     front = frontier(space, cands, options)
-    baselines = [r for r in cands.refs if r in cands.baseline]
+    # the baselines best on search go to select (the others cannot plausibly be the best there)
+    baselines = [r for r in cands.ranked(maximize) if r in cands.baseline][:options.baselines]
     pairs = neighbour_pairs(front)
     pool = cands.ranked(maximize)[:options.soup_size]
     planned = len(set(front) | set(baselines)) + 2 * len(pairs) * len(alphas) + 2 * max(0, len(pool) - 1) + 3
