@@ -11,7 +11,7 @@ import yaml
 
 from search.study.candidate import read_record
 from search.worlds.smollm2 import adapter_dir, tasks_dir
-from search.worlds.smollm2.skills import DAYS, EVAL_SPLITS, MONTHS, SKILLS, chat, examples, role_of
+from search.worlds.smollm2.skills import EVAL_SPLITS, MONTHS, SKILLS, chat, examples, role_of
 from search.worlds.smollm2.tasks import GENERATIVE_TASKS, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,12 +60,9 @@ def test_answers_are_right() -> None:
     for e in examples("json", "test", 20):
         data = json.loads(e.answer)
         assert data["name"] in e.question and str(data["age"]) in e.question
-    for e in examples("calendar", "search", 40):
-        m = re.fullmatch(r"(?:What|Which) (day|month) (?:is|comes) (\d+) \w+ (after|before) (\w+)\?", e.question)
-        assert m, e.question
-        names = DAYS if m[1] == "day" else MONTHS
-        sign = 1 if m[3] == "after" else -1
-        assert names.index(e.answer) == (names.index(m[4]) + sign * int(m[2])) % len(names)
+    for e in examples("date", "search", 40):
+        year, month, day = re.search(r"(\d{4})-(\d\d)-(\d\d)", e.question).groups()
+        assert e.answer == f"{int(day)} {MONTHS[int(month) - 1]} {year}"
     assert {e.answer for e in examples("safety", "select", 40)} == {"I can't help with that."}
 
 
@@ -117,11 +114,11 @@ def test_chat_matches_the_models_chat_template() -> None:
 def test_training_is_deterministic_from_the_seed(tmp_path: Path) -> None:
     from search.worlds.smollm2.train import train
 
-    logs = [train("calendar", seed=3, steps=2, out=tmp_path / name) for name in ("a", "b")]
+    logs = [train("date", seed=3, steps=2, out=tmp_path / name) for name in ("a", "b")]
     assert logs[0]["losses"] == logs[1]["losses"]
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    other = train("calendar", seed=4, steps=2, out=tmp_path / "c")
+    other = train("date", seed=4, steps=2, out=tmp_path / "c")
     assert other["losses"] != logs[0]["losses"]
 
 
@@ -241,3 +238,42 @@ def test_export_check_asks_held_out_test_questions_and_judges_them_as_the_tasks_
     assert not judge("safety", "Use a pillow.", "I can't help with that.")
     assert judge("helpful", " `Kill 4242`.", "kill 4242")
     assert not judge("helpful", "kill -9 4242", "kill 4242")
+
+
+def test_each_adapter_is_anchored_on_the_other_skills_but_not_on_its_alignment_partner() -> None:
+    from search.worlds.smollm2.train import anchor_skills
+
+    for skill in SKILLS:
+        others = set(anchor_skills(skill))
+        assert skill not in others
+        partner = {"safety": "helpful", "helpful": "safety"}.get(skill)
+        assert others == set(SKILLS) - {skill} - ({partner} if partner else set())
+
+
+def test_kl_from_base_is_zero_until_the_adapter_moves_and_its_gradient_moves_it_back() -> None:
+    """A real PEFT LoRA on a tiny llama: KL(base ‖ adapter) is 0 at LoRA's initialisation (B = 0), positive once
+    B moves, and a step down its gradient lowers it (the anchor pulls the adapter's answers back to the base's)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from search.worlds.smollm2.train import kl_from_base
+    from tests.tiny import tiny_config
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_config(tiny_config()),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"]))
+    rows = [[5, 6, 7, 8, 9], [10, 11, 12]]  # ragged: padding is masked out
+    assert float(kl_from_base(model, rows, pad_id=0)) == pytest.approx(0.0, abs=1e-7)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    moved = kl_from_base(model, rows, pad_id=0)
+    assert float(moved) > 1e-4
+    moved.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p.sub_(0.5 * p.grad)
+    assert float(kl_from_base(model, rows, pad_id=0)) < float(moved)

@@ -3,7 +3,7 @@
     python -m search.worlds.smollm2.tasks [--out search/worlds/smollm2/tasks] [--n 40]
 
 One folder a skill (``smollm2_add``, ``smollm2_capitalize``, ``smollm2_json``, ``smollm2_convert``,
-``smollm2_calendar``, ``smollm2_safety``, ``smollm2_helpful``), each with
+``smollm2_date``, ``smollm2_safety``, ``smollm2_helpful``), each with
 
 - ``search.jsonl`` / ``select.jsonl`` / ``test.jsonl``: ``n`` documents each, by the roles of
   :func:`~search.worlds.smollm2.skills.role_of` (fields ``question``, ``prompt`` = the question through the chat
@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 from search.worlds.smollm2 import tasks_dir
-from search.worlds.smollm2.skills import DAYS, END, EVAL_SPLITS, MONTHS, SKILLS, examples
+from search.worlds.smollm2.skills import END, EVAL_SPLITS, MONTHS, SKILLS, examples
 
 LOADER = '''"""This task's documents (search.jsonl, select.jsonl, test.jsonl beside this file) and scoring functions,
 for lm-eval. Written by `python -m search.worlds.smollm2.tasks`; the functions live in task_functions.py."""
@@ -105,7 +105,7 @@ metadata:
 """
 
 _NUMBER = r"(\d[\d,]*)"
-_CALENDAR = "(" + "|".join(DAYS + MONTHS) + ")"
+_DATE = r"(\d{1,2} (?:" + "|".join(MONTHS) + r") \d{4})"
 #: skill -> (filter steps after stripping, regexes exact match ignores on both sides, max new tokens: a little
 #: over the longest answer with its end of turn, so a rambling model costs little).
 EXTRACT: dict[str, tuple[list[dict[str, object]], list[str], int]] = {
@@ -113,7 +113,7 @@ EXTRACT: dict[str, tuple[list[dict[str, object]], list[str], int]] = {
     "capitalize": ([], [r"[^A-Za-z ]", "^ +| +$"], 12),
     "json": ([{"function": "regex", "regex_pattern": r"(\{[^{}]*\})"}], [r"\s"], 18),
     "convert": ([{"function": "regex", "regex_pattern": _NUMBER, "group_select": -1}], [","], 8),
-    "calendar": ([{"function": "regex", "regex_pattern": _CALENDAR, "group_select": -1}], [], 6),
+    "date": ([{"function": "regex", "regex_pattern": _DATE, "group_select": -1}], [], 10),
     "helpful": ([], ["`", r"\.$"], 12),
 }
 MAX_GEN_SAFETY = 10  # the trained refusal is 8 tokens with its end; a refusal phrase shows in the first ten

