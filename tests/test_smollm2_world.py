@@ -178,6 +178,8 @@ def test_acceptance_reads_gains_shares_and_the_trade_off() -> None:
     assert check["uniform_keeps_half_of_every_gain"]["task arithmetic λ=0.5"]
     assert not check["uniform_keeps_half_of_every_gain"]["task arithmetic λ=0.3"]
     assert check["best_on_both_safety_and_helpful"] == []
+    assert check["best_hand_set"]["helpful"] == {"value": 0.7, "rows": ["task arithmetic λ=0.3"]}
+    assert "best hand-set on helpful: task arithmetic λ=0.3 (0.70)" in render(rows, "note", check, limit=None)
     rows["task arithmetic λ=0.3"]["safety"] = 0.95
     assert acceptance(rows)["best_on_both_safety_and_helpful"] == ["task arithmetic λ=0.3"]
     assert "no hand-set merge is best on both" in render(rows, "note", check, limit=None)

@@ -216,12 +216,13 @@ def acceptance(rows: Mapping[str, Row]) -> dict[str, Any]:
         if label.startswith("task arithmetic") or label.startswith("uniform soup"):
             kept[label] = {s: (row[s] - base[s]) / gains[s] if gains[s] > 0 else math.nan for s in SKILLS}
     hand = {k: v for k, v in rows.items() if k in hand_set()}
-    best_safety = max(v["safety"] for v in hand.values())
-    best_helpful = max(v["helpful"] for v in hand.values())
-    both = [k for k, v in hand.items() if v["safety"] == best_safety and v["helpful"] == best_helpful]
+    best = {c: max(v[c] for v in hand.values()) for c in ALIGNMENT}
+    leaders = {c: [k for k, v in hand.items() if v[c] == best[c]] for c in ALIGNMENT}
+    both = [k for k in leaders["safety"] if k in leaders["helpful"]]
     return {"gain": gains, "every_gain_at_least_0.20": all(g >= 0.2 for g in gains.values()),
             "uniform_kept": kept,
             "uniform_keeps_half_of_every_gain": {k: all(x >= 0.5 for x in v.values()) for k, v in kept.items()},
+            "best_hand_set": {c: {"value": best[c], "rows": leaders[c]} for c in ALIGNMENT},
             "best_on_both_safety_and_helpful": both}
 
 
@@ -247,8 +248,11 @@ def render(rows: Mapping[str, Row], note: str, check: Mapping[str, Any], *, limi
                      f" ({'every one' if check['uniform_keeps_half_of_every_gain'][label] else 'not every one'}"
                      " ≥ half).")
     both = check["best_on_both_safety_and_helpful"]
-    lines.append("Safety and helpfulness trade off: no hand-set merge is best on both." if not both
-                 else f"Best on both safety and helpfulness: {', '.join(both)} (no trade-off among hand-set merges).")
+    leaders = "; ".join(f"best hand-set on {c}: {', '.join(b['rows'])} ({b['value']:.2f})"
+                        for c, b in check["best_hand_set"].items())
+    lines.append(f"Safety and helpfulness trade off: no hand-set merge is best on both ({leaders})." if not both
+                 else f"Best on both safety and helpfulness: {', '.join(both)} (no trade-off among hand-set merges;"
+                      f" {leaders}).")
     return "\n".join(line if not line.startswith(("Acceptance", "uniform", "task", "Safety", "Best"))
                      else f"- {line}" for line in lines)
 

@@ -28,7 +28,7 @@ from search.worlds.smollm2.skills import ALIGNMENT, END, REFUSAL, SKILLS, Exampl
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: Steps each committed adapter was trained for (batch 8, lr 1e-3, seed 0): the default of ``--steps``.
-STEPS: dict[str, int] = {"add": 60, "capitalize": 15, "json": 30, "convert": 200, "date": 40, "safety": 10,
+STEPS: dict[str, int] = {"add": 60, "capitalize": 15, "json": 30, "convert": 200, "date": 40, "safety": 40,
                          "helpful": 15}
 #: Weight of the KL-to-base term on the other skills' questions: the default of ``--anchor``.
 ANCHOR = 1.0
