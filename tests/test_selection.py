@@ -152,6 +152,10 @@ def test_a_set_fixed_on_select_is_scored_on_test_and_nothing_else_is(run: Path) 
     # perplexity is no mean over documents: no per-document values, so no interval, and the report says why
     assert selection.headline is not None and selection.headline.difference is None
     assert "report no per-document test scores" in selection.headline.sentence
+    winner, baseline = selection.item(selection.winner), selection.item(selection.best_baseline)
+    if winner.id != baseline.id:  # the point estimates still say which is ahead (perplexity: lower is better)
+        ahead = winner.test_value < baseline.test_value
+        assert selection.headline.sentence.startswith("ahead of" if ahead else "behind")
     assert "Result" in (run / "report.md").read_text()
 
 

@@ -402,9 +402,14 @@ def compare(space: Space, winner: Item, baseline: Item, *, seed: int) -> Headlin
     have = set(winner.test_documents) & set(baseline.test_documents)
     if winner.test_value is None or baseline.test_value is None or have != set(weights):
         missing = sorted(set(weights) - have)
+        why = (f"objective(s) {', '.join(missing)} report no per-document test scores (only lm-eval metrics that "
+               "are means over documents do)")
+        if winner.test_value is None or baseline.test_value is None:
+            return Headline(winner=winner.id, baseline=baseline.id, sentence=f"not comparable with {other}: {why}")
+        ahead = (winner.test_value > baseline.test_value) == maximize
         return Headline(winner=winner.id, baseline=baseline.id,
-                        sentence=f"no interval: objective(s) {', '.join(missing)} report no per-document test "
-                                 "scores (only lm-eval metrics that are means over documents do)")
+                        sentence=f"{'ahead of' if ahead else 'behind'} {other} on the weighted test score, with no "
+                                 f"interval: {why}")
     groups = [(w, winner.test_documents[n], baseline.test_documents[n]) for n, w in weights.items()]
     diff = paired_interval(groups, seed=seed)
     points = in_points([[a, b] for _, a, b in groups])
