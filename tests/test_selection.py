@@ -278,3 +278,26 @@ def test_select_refuses_what_it_cannot_use(tmp_path: Path, family: tuple[Path, l
         main(["select", str(run_dir), "--alphas", "0.5,1.0"])
     assert exc.value.code == 2 and "--alphas" in capsys.readouterr().err
     assert not (run_dir / "selection.json").exists()
+
+
+def test_a_headline_without_per_document_scores_still_says_who_is_ahead() -> None:
+    from search.config.space import Objective, Space
+    from search.selection.record import Item, Part
+    from search.selection.select import compare
+
+    space = Space.model_construct(objectives=[
+        Objective(name="acc", evaluator={}, metric="m"),
+        Objective(name="fluency", evaluator={}, metric="perplexity", direction="minimize", weight=0.01)])
+
+    def item(name: str, acc: float, ppl: float) -> Item:
+        it = Item(id=name, kind="trial", label=name, method="task_arithmetic",
+                  parts=[Part(ref=f"trial:{name}", coefficient=1.0)], test={"acc": acc, "fluency": ppl})
+        it.test_value = acc - 0.01 * ppl
+        it.test_documents = {"acc": [acc] * 4}  # perplexity has none
+        return it
+
+    behind = compare(space, item("w", 0.5, 50.0), item("b", 0.9, 50.0), seed=0)
+    assert behind.difference is None
+    assert behind.sentence.startswith("behind the best hand-set merge (b) on the weighted test score")
+    assert "fluency report no per-document test scores" in behind.sentence
+    assert compare(space, item("w", 0.9, 40.0), item("b", 0.9, 50.0), seed=0).sentence.startswith("ahead of")
