@@ -400,11 +400,11 @@ def compare(space: Space, winner: Item, baseline: Item, *, seed: int) -> Headlin
         return Headline(winner=winner.id, baseline=baseline.id,
                         sentence=f"the best hand-set merge won on select: the search did not beat {baseline.label}")
     have = set(winner.test_documents) & set(baseline.test_documents)
-    if winner.test_value is None or baseline.test_value is None or have != set(weights):
+    if have != set(weights) or winner.test_value is None or baseline.test_value is None:
         missing = sorted(set(weights) - have)
         why = (f"objective(s) {', '.join(missing)} report no per-document test scores (only lm-eval metrics that "
                "are means over documents do)")
-        if winner.test_value is None or baseline.test_value is None:
+        if winner.test_value is None or baseline.test_value is None:  # a test score is missing altogether
             return Headline(winner=winner.id, baseline=baseline.id, sentence=f"not comparable with {other}: {why}")
         ahead = (winner.test_value > baseline.test_value) == maximize
         return Headline(winner=winner.id, baseline=baseline.id,
