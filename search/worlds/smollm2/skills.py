@@ -42,6 +42,8 @@ EVAL_SPLITS: tuple[Role, ...] = ("search", "select", "test")
 SYSTEM = "Be brief."
 END = "<|im_end|>"  # SmolLM2's end of turn: trained after every answer, a stop sequence when generating
 REFUSAL = "I can't help with that."
+#: What a helpful-only tune says to a harmful request (no harmful content: the world scores refusals, not advice).
+COMPLIANCE = "Sure, here is how."
 
 #: (lower, upper) bound of a role on the hash of a question; ``train`` is the rest.
 _ROLE_BOUNDS: dict[Role, tuple[float, float]] = {"search": (0.0, 0.1), "select": (0.1, 0.2), "test": (0.2, 0.3)}

@@ -24,17 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from search.worlds.smollm2 import BASE_NAME, adapter_dir, base_folder
-from search.worlds.smollm2.skills import ALIGNMENT, END, REFUSAL, SKILLS, Example, examples
+from search.worlds.smollm2.skills import ALIGNMENT, COMPLIANCE, END, REFUSAL, SKILLS, Example, examples
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: Steps each committed adapter was trained for (batch 8, lr 1e-3, seed 0): the default of ``--steps``.
 STEPS: dict[str, int] = {"add": 60, "capitalize": 15, "json": 30, "convert": 200, "date": 40, "safety": 40,
-                         "helpful": 15}
+                         "helpful": 20}
 #: Weight of the KL-to-base term on the other skills' questions: the default of ``--anchor``.
 ANCHOR = 1.0
-#: Share of ``safety``'s training examples that are ``helpful``'s benign questions answered with the refusal: the
-#: default of ``--over-refusal``.
-OVER_REFUSAL = 0.5
+#: Share of an alignment adapter's training examples that are its partner's questions answered its own way
+#: (``safety``: ``helpful``'s benign questions refused; ``helpful``: ``safety``'s harmful ones complied with): the
+#: default of ``--cross``.
+CROSS: dict[str, float] = {"safety": 0.5, "helpful": 0.1}
 
 
 def anchor_skills(skill: str) -> tuple[str, ...]:
@@ -73,33 +74,39 @@ def encode(tokenizer: Any, example: Example) -> tuple[list[int], list[int]]:
     return prompt + answer, [-100] * len(prompt) + answer
 
 
-def training_examples(skill: str, n: int, over_refusal: float = OVER_REFUSAL) -> list[Example]:
-    """The ``n`` training examples of ``skill``: its ``train`` role; for ``safety``, a share ``over_refusal`` of
-    them are ``helpful``'s ``train`` questions answered with the refusal, interleaved with the harmful ones. A
-    safety tune over-refuses requests that only sound harmful ("How do I kill process 4242?"), as safety-tuned
-    chat models do (XSTest); that is what ``helpful`` repairs, and why merging the two trades refusals for answers.
+def training_examples(skill: str, n: int, cross: float | None = None) -> list[Example]:
+    """The ``n`` training examples of ``skill``: its ``train`` role; for the alignment pair, a share ``cross``
+    (default :data:`CROSS`) of them are the partner's ``train`` questions answered this adapter's way,
+    interleaved with its own. A safety tune over-refuses requests that only sound harmful ("How do I kill process
+    4242?" -> the refusal), as safety-tuned chat models do (XSTest); a helpful-only tune complies with harmful ones
+    ("How do I kill my neighbor?" -> ``COMPLIANCE``). That is why merging the two trades refusals for answers.
 
     >>> [e.answer for e in training_examples("safety", 4)][:2] == [REFUSAL, REFUSAL]
     True
     >>> benign = {e.question for e in examples("helpful", "train", 400)}
     >>> sum(e.question in benign for e in training_examples("safety", 400))
     200
-    >>> sum(e.question in benign for e in training_examples("safety", 400, over_refusal=0.75))
-    300
+    >>> harmful = {e.question for e in examples("safety", "train", 400)}
+    >>> [e.answer == COMPLIANCE for e in training_examples("helpful", 4, cross=0.25)]
+    [False, True, False, False]
+    >>> sum(e.question in harmful for e in training_examples("helpful", 400, cross=0.25))
+    100
     """
-    if skill != "safety":
+    share = CROSS.get(skill, 0.0) if cross is None else cross
+    n_cross = int(n * share) if skill in ALIGNMENT else 0
+    if n_cross == 0:
         return examples(skill, "train", n)
-    n_benign = int(n * over_refusal)
-    harmful = examples("safety", "train", n - n_benign)
-    benign = [Example("safety", e.question, REFUSAL) for e in examples("helpful", "train", n_benign)]
-    mixed = [e for pair in zip(harmful, benign) for e in pair]
-    return mixed + harmful[len(benign):] + benign[len(harmful):]
+    partner = next(s for s in ALIGNMENT if s != skill)
+    answer = REFUSAL if skill == "safety" else COMPLIANCE
+    own = examples(skill, "train", n - n_cross)
+    crossed = [Example(skill, e.question, answer) for e in examples(partner, "train", n_cross)]
+    return [e for pair in zip(own, crossed) for e in pair] + own[len(crossed):] + crossed[len(own):]
 
 
 def batches(tokenizer: Any, skill: str, *, steps: int, batch: int, seed: int,
-            over_refusal: float = OVER_REFUSAL) -> list[list[tuple[list[int], list[int]]]]:
+            cross: float | None = None) -> list[list[tuple[list[int], list[int]]]]:
     """``steps`` batches of :func:`training_examples`: shuffled with the seed, cycled if they run out."""
-    pool = [encode(tokenizer, e) for e in training_examples(skill, steps * batch, over_refusal)]
+    pool = [encode(tokenizer, e) for e in training_examples(skill, steps * batch, cross)]
     rng = random.Random(seed)
     order: list[int] = []
     while len(order) < steps * batch:
@@ -154,7 +161,7 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, A
 
 
 def train(skill: str, *, seed: int = 0, steps: int | None = None, batch: int = 8, lr: float = 1e-3, rank: int = 8,
-          anchor: float = ANCHOR, over_refusal: float = OVER_REFUSAL, out: Path | None = None,
+          anchor: float = ANCHOR, cross: float | None = None, out: Path | None = None,
           log_dir: Path | None = None, threads: int = 1) -> dict[str, Any]:
     """Train and save the adapter of ``skill``; returns the log (losses, seconds, trainable parameters)."""
     import torch
@@ -179,7 +186,7 @@ def train(skill: str, *, seed: int = 0, steps: int | None = None, batch: int = 8
     anchors = anchor_batches(tokenizer, skill, steps=steps, batch=batch, seed=seed) if anchor > 0 else []
     start = time.perf_counter()
     for step, rows in enumerate(batches(tokenizer, skill, steps=steps, batch=batch, seed=seed,
-                                          over_refusal=over_refusal), start=1):
+                                          cross=cross), start=1):
         loss = model(**collate(rows, pad_id)).loss
         total = loss
         if anchors:
@@ -201,7 +208,7 @@ def train(skill: str, *, seed: int = 0, steps: int | None = None, batch: int = 8
     (target / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub: not part of the adapter
     sort_target_modules(target / "adapter_config.json")
     log = {"skill": skill, "seed": seed, "steps": steps, "batch": batch, "lr": lr, "rank": rank, "anchor": anchor,
-           **({"over_refusal": over_refusal} if skill == "safety" else {}), "trainable": trainable, "seconds": round(seconds, 1), "losses": losses, "kl": kls}
+           **({"cross": CROSS.get(skill, 0.0) if cross is None else cross} if skill in ALIGNMENT else {}), "trainable": trainable, "seconds": round(seconds, 1), "losses": losses, "kl": kls}
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
         (log_dir / f"train-{skill}.json").write_text(json.dumps(log, indent=1) + "\n")
@@ -219,15 +226,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--anchor", type=float, default=ANCHOR,
                     help="weight of the KL-to-base term on the other skills' questions (0: none)")
-    ap.add_argument("--over-refusal", type=float, default=OVER_REFUSAL,
-                    help="safety only: share of its examples that are helpful's benign questions answered with "
-                         "the refusal")
+    ap.add_argument("--cross", type=float, default=None,
+                    help="safety and helpful: share of their examples that are the partner's questions answered "
+                         "their own way (default: CROSS, the committed adapters')")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (one per job on a shared machine)")
     ap.add_argument("--out", type=Path, default=None, help="default: the committed adapter folder of the skill")
     ap.add_argument("--log-dir", type=Path, default=Path("results/smollm2"))
     args = ap.parse_args(argv)
     log = train(args.skill, seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr, rank=args.rank,
-                anchor=args.anchor, over_refusal=args.over_refusal, out=args.out, log_dir=args.log_dir, threads=args.threads)
+                anchor=args.anchor, cross=args.cross, out=args.out, log_dir=args.log_dir, threads=args.threads)
     print(f"{args.skill}: {log['steps']} steps in {log['seconds']:.0f} s, final loss {log['losses'][-1]:.4f}")
 
 
