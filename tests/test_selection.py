@@ -301,3 +301,9 @@ def test_a_headline_without_per_document_scores_still_says_who_is_ahead() -> Non
     assert behind.sentence.startswith("behind the best hand-set merge (b) on the weighted test score")
     assert "fluency report no per-document test scores" in behind.sentence
     assert compare(space, item("w", 0.9, 40.0), item("b", 0.9, 50.0), seed=0).sentence.startswith("ahead of")
+    # the objectives with per-document scores still get their paired difference with an interval
+    assert set(behind.objectives) == {"acc"}
+    assert behind.objectives["acc"].estimate == pytest.approx(-0.4)
+    assert "Per objective: on acc, worse than b by 40.0 points (95% CI" in behind.sentence
+    tied = compare(space, item("w", 0.9, 40.0), item("b", 0.9, 50.0), seed=0)
+    assert "on acc, not distinguishable from b" in tied.sentence

@@ -22,13 +22,10 @@ trials (one that lies outside the searched space). The merge spec of every candi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
-
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from search.errors import UserError
 from search.merging.spec import MergeSpec
 from search.study.folder import SELECTION, RunFolder
 
@@ -202,6 +199,9 @@ class Headline(_Record):
     points: bool = Field(False, description="Every per-document value lies in [0, 1]: differences in points.")
     sentence: str = Field(description="e.g. 'better than the best hand-set merge by 3.1 points (95% CI …)'.")
     documents: dict[str, int] = Field(default_factory=dict, description="Objective -> test documents.")
+    objectives: dict[str, IntervalRecord] = Field(
+        default_factory=dict, description="Winner minus baseline on each objective that has per-document test "
+        "scores, paired bootstrap: given when the weighted difference can have no interval.")
 
 
 class Selection(_Record):

@@ -407,9 +407,20 @@ def compare(space: Space, winner: Item, baseline: Item, *, seed: int) -> Headlin
         if winner.test_value is None or baseline.test_value is None:  # a test score is missing altogether
             return Headline(winner=winner.id, baseline=baseline.id, sentence=f"not comparable with {other}: {why}")
         ahead = (winner.test_value > baseline.test_value) == maximize
-        return Headline(winner=winner.id, baseline=baseline.id,
-                        sentence=f"{'ahead of' if ahead else 'behind'} {other} on the weighted test score, with no "
-                                 f"interval: {why}")
+        sentence = f"{'ahead of' if ahead else 'behind'} {other} on the weighted test score, with no interval: {why}"
+        # the objectives that do have per-document scores each get their paired difference
+        directions = {o.name: o.direction == "maximize" for o in space.objectives}
+        per: dict[str, IntervalRecord] = {}
+        said: list[str] = []
+        for name in (n for n in weights if n in have):
+            a, b = winner.test_documents[name], baseline.test_documents[name]
+            diff = paired_interval([(1.0, a, b)], seed=seed)
+            per[name] = IntervalRecord(estimate=diff.estimate, low=diff.low, high=diff.high, level=diff.level)
+            said.append(f"on {name}, " + comparison_sentence(diff, maximize=directions[name],
+                                                              points=in_points([[a, b]]), other=baseline.label))
+        if said:
+            sentence += ". Per objective: " + "; ".join(said)
+        return Headline(winner=winner.id, baseline=baseline.id, sentence=sentence, objectives=per)
     groups = [(w, winner.test_documents[n], baseline.test_documents[n]) for n, w in weights.items()]
     diff = paired_interval(groups, seed=seed)
     points = in_points([[a, b] for _, a, b in groups])
