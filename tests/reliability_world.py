@@ -76,11 +76,18 @@ def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     return code, " ".join(text.split())
 
 
+#: Runs the `search` command with SIGINT raising KeyboardInterrupt, as in a terminal. A suite started as a
+#: background job without job control (``./.ci/run &``, ``nohup … &``) runs with SIGINT ignored, every child
+#: inherits that, and Python keeps an inherited SIG_IGN: a Ctrl-C test would then wait on a driver that never sees it.
+_AS_IN_A_TERMINAL = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                     "from search.cli import main; main(sys.argv[1:])")
+
+
 def spawn(args: list[str], cwd: Path, **env: str) -> subprocess.Popen[bytes]:
-    """The `search` command as its own process (this checkout's code first on the path)."""
+    """The `search` command as its own process (this checkout's code first on the path), Ctrl-C as in a terminal."""
     environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **env}
-    return subprocess.Popen([sys.executable, "-m", "search.cli", *args], cwd=cwd, env=environ,
+    return subprocess.Popen([sys.executable, "-c", _AS_IN_A_TERMINAL, *args], cwd=cwd, env=environ,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
