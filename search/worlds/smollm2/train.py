@@ -208,7 +208,8 @@ def train(skill: str, *, seed: int = 0, steps: int | None = None, batch: int = 8
     (target / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub: not part of the adapter
     sort_target_modules(target / "adapter_config.json")
     log = {"skill": skill, "seed": seed, "steps": steps, "batch": batch, "lr": lr, "rank": rank, "anchor": anchor,
-           **({"cross": CROSS.get(skill, 0.0) if cross is None else cross} if skill in ALIGNMENT else {}), "trainable": trainable, "seconds": round(seconds, 1), "losses": losses, "kl": kls}
+           **({"cross": CROSS.get(skill, 0.0) if cross is None else cross} if skill in ALIGNMENT else {}),
+           "trainable": trainable, "seconds": round(seconds, 1), "losses": losses, "kl": kls}
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
         (log_dir / f"train-{skill}.json").write_text(json.dumps(log, indent=1) + "\n")
