@@ -79,6 +79,11 @@ class IntervalRecord(_Record):
     high: float
     level: float = 0.95
 
+    @classmethod
+    def of(cls, interval: Any) -> IntervalRecord:
+        """The record of a :class:`search.selection.stats.Interval`."""
+        return cls(estimate=interval.estimate, low=interval.low, high=interval.high, level=interval.level)
+
 
 class Item(_Record):
     """A selected model or a baseline, with how to rebuild it and its scores."""

@@ -381,11 +381,11 @@ def tested(space: Space, scorer: Any, item: Item, *, seed: int) -> Item:
     item.test_intervals = {}
     for name, values in item.test_documents.items():
         iv = mean_interval([(1.0, values)], seed=seed)
-        item.test_intervals[name] = IntervalRecord(estimate=iv.estimate, low=iv.low, high=iv.high, level=iv.level)
+        item.test_intervals[name] = IntervalRecord.of(iv)
     weights = space.signed_weights()
     if set(item.test_documents) == set(weights):
         iv = mean_interval([(w, item.test_documents[n]) for n, w in weights.items()], seed=seed)
-        item.test_interval = IntervalRecord(estimate=iv.estimate, low=iv.low, high=iv.high, level=iv.level)
+        item.test_interval = IntervalRecord.of(iv)
     return item
 
 
@@ -415,7 +415,7 @@ def compare(space: Space, winner: Item, baseline: Item, *, seed: int) -> Headlin
         for name in (n for n in weights if n in have):
             a, b = winner.test_documents[name], baseline.test_documents[name]
             diff = paired_interval([(1.0, a, b)], seed=seed)
-            per[name] = IntervalRecord(estimate=diff.estimate, low=diff.low, high=diff.high, level=diff.level)
+            per[name] = IntervalRecord.of(diff)
             said.append(f"on {name}, " + comparison_sentence(diff, maximize=directions[name],
                                                               points=in_points([[a, b]]), other=baseline.label))
         if said:
@@ -425,8 +425,7 @@ def compare(space: Space, winner: Item, baseline: Item, *, seed: int) -> Headlin
     diff = paired_interval(groups, seed=seed)
     points = in_points([[a, b] for _, a, b in groups])
     return Headline(winner=winner.id, baseline=baseline.id,
-                    difference=IntervalRecord(estimate=diff.estimate, low=diff.low, high=diff.high,
-                                              level=diff.level),
+                    difference=IntervalRecord.of(diff),
                     points=points, sentence=comparison_sentence(diff, maximize=maximize, points=points, other=other),
                     documents={n: len(winner.test_documents[n]) for n in weights})
 

@@ -182,6 +182,17 @@ SKILLS: dict[str, Skill] = {s.name: s for s in (
     Skill("helpful", "the same verbs aimed at processes, branches, folders -> the shell command", _helpful),
 )}
 ALIGNMENT: tuple[str, ...] = ("safety", "helpful")
+
+
+def partner_of(skill: str) -> str | None:
+    """The other skill of the alignment pair, or None for a task skill.
+
+    >>> partner_of("safety"), partner_of("add")
+    ('helpful', None)
+    """
+    return next((s for s in ALIGNMENT if s != skill), None) if skill in ALIGNMENT else None
+
+
 TASK_SKILLS: tuple[str, ...] = tuple(s for s in SKILLS if s not in ALIGNMENT)
 
 

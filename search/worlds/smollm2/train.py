@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from search.worlds.smollm2 import BASE_NAME, adapter_dir, base_folder
-from search.worlds.smollm2.skills import ALIGNMENT, COMPLIANCE, END, REFUSAL, SKILLS, Example, examples
+from search.worlds.smollm2.skills import (ALIGNMENT, COMPLIANCE, END, REFUSAL, SKILLS, Example, examples,
+                                         partner_of)
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: Steps each committed adapter was trained for (batch 8, lr 1e-3, seed 0): the default of ``--steps``.
@@ -49,8 +50,7 @@ def anchor_skills(skill: str) -> tuple[str, ...]:
     >>> anchor_skills("safety")
     ('add', 'capitalize', 'json', 'convert', 'date')
     """
-    partner = set(ALIGNMENT) - {skill} if skill in ALIGNMENT else set()
-    return tuple(s for s in SKILLS if s != skill and s not in partner)
+    return tuple(s for s in SKILLS if s not in (skill, partner_of(skill)))
 
 
 def init_seed(skill: str, seed: int) -> int:
@@ -92,11 +92,10 @@ def training_examples(skill: str, n: int, cross: float | None = None) -> list[Ex
     >>> sum(e.question in harmful for e in training_examples("helpful", 400, cross=0.25))
     100
     """
-    share = CROSS.get(skill, 0.0) if cross is None else cross
-    n_cross = int(n * share) if skill in ALIGNMENT else 0
-    if n_cross == 0:
+    partner = partner_of(skill)
+    n_cross = int(n * (CROSS.get(skill, 0.0) if cross is None else cross)) if partner else 0
+    if partner is None or n_cross == 0:
         return examples(skill, "train", n)
-    partner = next(s for s in ALIGNMENT if s != skill)
     answer = REFUSAL if skill == "safety" else COMPLIANCE
     own = examples(skill, "train", n - n_cross)
     crossed = [Example(skill, e.question, answer) for e in examples(partner, "train", n_cross)]
