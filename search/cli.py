@@ -347,12 +347,15 @@ def _alphas(text: str) -> list[float]:
 def select(
     run_dir: Path = typer.Argument(..., help="run folder (finished or interrupted)"),
     top_k: int = typer.Option(None, "--top-k", min=1,
-                              help="frontier size in weighted mode (default: scales with the complete trials, 2-5)"),
-    max_front: int = typer.Option(6, "--max-front", min=2, help="pareto mode: most front points kept"),
-    alphas: str = typer.Option(None, "--alphas", help="interpolation alphas, in (0, 1) (default: 0.5 below 20 "
+                              help="frontier size in weighted mode (default: an eighth of the complete "
+                              "candidates, 2 to 4)"),
+    max_front: int = typer.Option(6, "--max-front", min=2, help="pareto mode: most front points kept (the best "
+                                   "on each objective, then by hypervolume)"),
+    alphas: str = typer.Option(None, "--alphas", help="interpolation alphas, in (0, 1) (default: 0.5 below 60 "
                                "complete candidates, else 0.25,0.5,0.75)"),
     soup_size: int = typer.Option(None, "--soup-size", min=1,
-                                  help="best candidates the soups draw from (default: scales, 2-8)"),
+                                  help="best candidates the soups draw from (default: a sixth of the "
+                                  "complete candidates, 2 to 6)"),
     baselines: int = typer.Option(None, "--baselines", min=1,
                                   help="hand-set baselines re-scored on select, the best on search (default 3)"),
     test_front: int = typer.Option(5, "--test-front", min=0,

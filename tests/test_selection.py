@@ -15,7 +15,7 @@ from selection_world import finished_run
 
 from search.cli import main
 from search.errors import UserError
-from search.selection.pareto import dominates, neighbour_pairs, pareto_front, thin, top_k
+from search.selection.pareto import dominates, neighbour_pairs, pareto_front, spread, top_k
 from search.selection.record import Options, read_selection
 from search.report.render import render_report
 from search.selection.select import select_run
@@ -54,9 +54,35 @@ def test_greedy_soup_never_scores_below_its_best_ingredient(values: list[float],
     assert score == max([values[int(ranked[0])]] + [s.score for s in log if s.accepted])
 
 
-def test_thin_and_pairs() -> None:
-    assert thin(list(range(20)), 5, must_keep=[7])[0] == 0 and thin(list(range(20)), 5)[-1] == 19
-    assert len(thin(list(range(20)), 5, must_keep=[7])) == 5 and 7 in thin(list(range(20)), 5, must_keep=[7])
+@given(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1), st.floats(40, 60)), min_size=1, max_size=30),
+       st.integers(3, 8), st.data())
+@settings(max_examples=80)
+def test_spread_keeps_every_objectives_best_and_must_keep(pts: list[tuple[float, float, float]], keep: int,
+                                                          data: st.DataObject) -> None:
+    maximize = [True, True, False]
+    front = pareto_front(pts, maximize=maximize)
+    must = data.draw(st.lists(st.sampled_from(range(len(pts))), max_size=1))
+    kept = spread(pts, front, keep, maximize=maximize, must_keep=must)
+    assert len(kept) == min(keep, len(set(front) | set(must))) and len(set(kept)) == len(kept)
+    assert set(must) <= set(kept) and set(kept) <= set(front) | set(must)
+    for j, up in enumerate(maximize):  # the best value of each objective on the front is kept, room allowing
+        best = (max if up else min)(pts[i][j] for i in front)
+        if keep < len(maximize) + len(must):
+            break
+        assert any(pts[i][j] == best for i in kept), (j, kept)
+
+
+def test_spread_reaches_the_third_objectives_best_that_an_ordered_thinning_drops() -> None:
+    # v5 of the alignment run, on search: sorted by safety, the most helpful point sat between two even picks
+    pts = [[0.0, 0.575, 52.2], [0.0, 0.9, 53.5], [0.05, 0.8, 53.1], [0.275, 0.875, 54.0], [0.65, 0.55, 53.2],
+           [0.925, 0.3, 52.8], [0.975, 0.675, 54.4], [1.0, 0.0, 52.7], [1.0, 0.575, 55.8], [1.0, 0.7, 54.8]]
+    front = pareto_front(pts, maximize=[True, True, False])
+    kept = spread(pts, front, 6, maximize=[True, True, False], scale=[1.0, 1.0, 0.01])  # the space's weights
+    assert 1 in kept and 0 in kept and 9 in kept  # most helpful, most fluent, safest (the most helpful of those)
+    assert 7 not in kept  # (1.0, 0.0): all of the helpfulness of #9 for 2 ppl, worth 0.02 of a rate here
+
+
+def test_pairs() -> None:
     assert neighbour_pairs([1, 2]) == [(1, 2)]
 
 
@@ -177,7 +203,7 @@ def test_pareto_mode_scores_the_select_front_on_test(run: Path) -> None:
     assert all(not selection.item(i).test_intervals for i in front)
 
 
-def test_select_front_thins_ordered_points_and_keeps_the_ends() -> None:
+def test_select_front_spans_the_front_and_keeps_the_ends() -> None:
     from search.config.space import Objective, Space
     from search.selection.record import Item, Part
     from search.selection.select import select_front
@@ -190,7 +216,7 @@ def test_select_front_thins_ordered_points_and_keeps_the_ends() -> None:
                   parts=[Part(ref=f"trial:{i}", coefficient=1.0)], select={"safe": a, "help": b},
                   select_value=a + b) for i, (a, b) in enumerate(points)]
     assert select_front(space, items, 10) == ["m0", "m1", "m2", "m3", "m4", "m5"]
-    assert select_front(space, items, 3) == ["m0", "m2", "m5"]  # both ends, one evenly spaced between
+    assert select_front(space, items, 3) == ["m0", "m3", "m5"]  # both ends, then the point adding the most area
     assert select_front(space, items, 0) == []
 
 

@@ -45,34 +45,82 @@ def order_front(points: Sequence[Sequence[float]], indices: Sequence[int]) -> li
     return sorted(indices, key=lambda i: tuple(points[i]))
 
 
-def thin(ordered: Sequence[int], keep: int, *, must_keep: Sequence[int] = ()) -> list[int]:
-    """At most ``keep`` points of an ordered front, evenly spaced, always with both ends and ``must_keep``.
+def hypervolume(points: Sequence[Sequence[float]], ref: Sequence[float]) -> float:
+    """The volume the points dominate above ``ref`` (every objective maximised), sliced one objective at a time:
+    exact, and quick for the few dozen points of a front.
 
-    >>> thin(list(range(10)), 4)
-    [0, 3, 6, 9]
-    >>> thin(list(range(10)), 3, must_keep=[4])
-    [0, 4, 9]
+    >>> hypervolume([[1, 2], [2, 1]], [0, 0])
+    3.0
+    >>> hypervolume([[1, 1, 1], [2, 2, 0.5]], [0, 0, 0])
+    2.5
     """
-    ordered = list(ordered)
-    if len(ordered) <= keep:
-        return ordered
-    fixed = {ordered[0], ordered[-1], *must_keep}
-    chosen = set(fixed)
-    slots = keep - len(chosen)
-    if slots > 0:
-        step = (len(ordered) - 1) / (slots + 1)
-        for s in range(1, slots + 1):
-            position = round(s * step)
-            # the nearest not-yet-chosen point to the even spacing
-            for offset in range(len(ordered)):
-                for p in (position + offset, position - offset):
-                    if 0 <= p < len(ordered) and ordered[p] not in chosen:
-                        chosen.add(ordered[p])
-                        break
-                else:
-                    continue
-                break
-    return [i for i in ordered if i in chosen]
+    pts = [list(p) for p in points if all(x > r for x, r in zip(p, ref))]
+    if not pts:
+        return 0.0
+    if len(ref) == 1:
+        return float(max(p[0] for p in pts) - ref[0])
+    levels = sorted({p[-1] for p in pts}, reverse=True)
+    total = 0.0
+    for i, level in enumerate(levels):  # the slab between this level and the next holds the points at least as high
+        below = levels[i + 1] if i + 1 < len(levels) else ref[-1]
+        total += (level - below) * hypervolume([p[:-1] for p in pts if p[-1] >= level], ref[:-1])
+    return total
+
+
+def spread(points: Sequence[Sequence[float]], indices: Sequence[int], keep: int, *, maximize: Sequence[bool],
+           must_keep: Sequence[int] = (), scale: Sequence[float] | None = None) -> list[int]:
+    """At most ``keep`` of ``indices`` (a front) that span it: ``must_keep``, the best point on each objective,
+    then, one at a time, the point that adds the most hypervolume to those chosen.
+
+    Objective ``j`` counts ``scale[j]`` times its value (selection passes the objectives' weights: the units of
+    the run's weighted sum); without ``scale``, each is stretched to [0, 1] over the points. The reference point
+    lies a tenth of each range below the worst. Evenly spaced picks along a sorted order span a front of two
+    objectives but not of three: sorted by the first, the best on the second can fall between two picks, and
+    points that trade a whole rate for a little of the third objective take the places of the trade-offs.
+    Returned in the order of ``indices``.
+
+    >>> front = [[0.0, 1.0], [0.2, 0.9], [0.4, 0.7], [0.6, 0.5], [0.8, 0.3], [1.0, 0.0]]
+    >>> spread(front, range(6), 3, maximize=[True, True])  # both ends, then the point adding the most area
+    [0, 3, 5]
+    >>> spread([[0, 0.5, 9], [0, 0.9, 10], [1, 0, 10], [0.5, 0.5, 10]], range(4), 3, maximize=[True, True, False])
+    [0, 1, 2]
+    >>> pts = [[0, 1, 50], [1, 0.5, 51], [0.05, 0.9, 48], [1, 0.1, 50.5], [0.6, 0.8, 51]]
+    >>> spread(pts, range(5), 4, maximize=[True, True, False], scale=[1, 1, 0.01])  # not #3: 0.4 of a rate for 0.5 ppl
+    [0, 1, 2, 4]
+    """
+    indices = list(indices)
+    pool = list(dict.fromkeys([*must_keep, *indices]))
+    if len(pool) <= keep:
+        return [i for i in indices if i in pool] + [i for i in must_keep if i not in indices]
+    k = len(maximize)
+    lo = [min(points[i][j] for i in pool) for j in range(k)]
+    hi = [max(points[i][j] for i in pool) for j in range(k)]
+
+    def good(i: int) -> list[float]:  # every objective maximised, in the units of ``scale`` (or of its range)
+        out = []
+        for j in range(k):
+            span = hi[j] - lo[j]
+            x = scale[j] * points[i][j] if scale is not None else ((points[i][j] - lo[j]) / span if span else 1.0)
+            out.append(x if maximize[j] else -x)
+        return out
+
+    g = {i: good(i) for i in pool}
+    ref = []
+    for j in range(k):
+        worst, best = min(v[j] for v in g.values()), max(v[j] for v in g.values())
+        ref.append(worst - 0.1 * (best - worst or 1.0))
+    chosen = list(dict.fromkeys(must_keep))
+    for j in range(k):  # the best on objective j; ties go to the best weighted sum of them all
+        best_j = max(indices, key=lambda i: (g[i][j], sum(g[i])))
+        if best_j not in chosen:
+            chosen.append(best_j)
+    chosen = chosen[:keep]
+    while len(chosen) < keep:
+        rest = [i for i in indices if i not in chosen]
+        if not rest:
+            break
+        chosen.append(max(rest, key=lambda i: hypervolume([g[c] for c in [*chosen, i]], ref)))
+    return [i for i in indices if i in chosen] + [i for i in chosen if i not in indices]
 
 
 def neighbour_pairs(ordered: Sequence[int]) -> list[tuple[int, int]]:

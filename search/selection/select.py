@@ -5,8 +5,8 @@ Works from the run folder alone (read through :class:`~search.study.folder.RunFo
 records and ``resolved.json``), so it can be re-run at any time:
 
 1. the frontier of the complete candidates (trials and hand-set baselines) on the search split: the Pareto
-   front of a multi-objective study (``optimize: pareto``; at most ``max_front`` points, ends and the best
-   weighted sum kept), the ``top_k`` best by the weighted sum when the study has one objective (``weighted``);
+   front of a multi-objective study (``optimize: pareto``; at most ``max_front`` points that span it: the best
+   weighted sum, the best on each objective, then the points farthest from those kept), the ``top_k`` best by the weighted sum when the study has one objective (``weighted``);
 2. rewarded-soup interpolations between neighbouring frontier points and between the two ends;
 3. the greedy soup and the uniform soup of the ``soup_size`` best candidates;
 4. every item above and the ``baselines`` best hand-set baselines on search scored on the select role; the
@@ -38,7 +38,7 @@ from search.config.space import Space
 from search.errors import UserError
 from search.merging.spec import MergeSpec
 from search.selection.interpolate import check_alphas, interpolation_parts
-from search.selection.pareto import neighbour_pairs, order_front, pareto_front, thin, top_k
+from search.selection.pareto import neighbour_pairs, order_front, pareto_front, spread, top_k
 from search.selection.record import (
     Headline,
     IntervalRecord,
@@ -139,12 +139,12 @@ def frontier(space: Space, cands: Candidates, options: Options) -> list[str]:
     if space.mode == "weighted" or len(space.objectives) == 1:
         return ranked[:options.top_k]
     points = [[cands.search[r][o.name] for o in space.objectives] for r in cands.refs]
-    on_front = pareto_front(points, maximize=[o.direction == "maximize" for o in space.objectives])
-    ordered = [cands.refs[i] for i in order_front(points, on_front)]
+    maximize = [o.direction == "maximize" for o in space.objectives]
+    on_front = pareto_front(points, maximize=maximize)
     # the best weighted sum lies on the front when every weight is positive; keep it even when it does not
-    if ranked[0] not in ordered:
-        ordered.append(ranked[0])
-    return thin(ordered, options.max_front, must_keep=[ranked[0]])
+    kept = spread(points, on_front, options.max_front, maximize=maximize, must_keep=[cands.refs.index(ranked[0])],
+                  scale=[o.weight for o in space.objectives])
+    return [cands.refs[i] for i in order_front(points, kept)]
 
 
 def _method(specs: list[MergeSpec]) -> str:
@@ -338,8 +338,9 @@ def _decide(run_dir: Path, space: Space, study: Any, cands: Candidates, options:
 
 
 def select_front(space: Space, items: list[Item], keep: int) -> list[str]:
-    """Ids of the items on the Pareto front of their select scores (every objective), ordered along it, thinned
-    to ``keep`` evenly spaced points with both ends: the trade-off a multi-objective run reports on test.
+    """Ids of the items on the Pareto front of their select scores (every objective), ordered along it, at most
+    ``keep`` that span it (the best on each objective first, :func:`~search.selection.pareto.spread`): the
+    trade-off a multi-objective run reports on test.
 
     Fixed from select scores alone (like the rest of the test set), before any test document is scored. Two items
     with the same select scores are one point (the first kept).
@@ -353,9 +354,10 @@ def select_front(space: Space, items: list[Item], keep: int) -> list[str]:
         distinct.setdefault(tuple(it.select[n] for n in names), it)
     points = [list(p) for p in distinct]
     chosen = list(distinct.values())
-    on_front = pareto_front(points, maximize=[o.direction == "maximize" for o in space.objectives])
-    ordered = order_front(points, on_front)
-    return [chosen[i].id for i in thin(ordered, max(2, keep))][:keep]
+    maximize = [o.direction == "maximize" for o in space.objectives]
+    on_front = pareto_front(points, maximize=maximize)
+    kept = spread(points, on_front, keep, maximize=maximize, scale=[o.weight for o in space.objectives])
+    return [chosen[i].id for i in order_front(points, kept)]
 
 
 def has_test_role(space: Space) -> bool:
