@@ -38,9 +38,10 @@ WORLDS: dict[str, World] = {
     # SmolLM2-135M and seven LoRA skills on a 2-core CPU: a TIES/DARE-TIES merge of it takes ~55 s and scoring
     # 40 documents a task ~55 s (idle machine), so the default keeps task arithmetic, 10 search documents a task,
     # 16 trials, 2 finalists, and picks the best baseline among the uniform merges (select and test keep the
-    # task's 40 documents a task); see the README's "How good is it".
+    # task's 40 documents a task); the studies start from the hand-set merges, as `search start`'s do (the
+    # default since 2026-11-29; `--no-study-baselines` starts them cold); see the README's "How good is it".
     "smollm2": World(ROOT / "spaces" / "examples" / "smollm2_lora.yaml", "tpe", 16, "8,16", 10,
-                     "task_arithmetic", False, "task_arithmetic_0.3,task_arithmetic_0.5,task_arithmetic_0.7,"
+                     "task_arithmetic", True, "task_arithmetic_0.3,task_arithmetic_0.5,task_arithmetic_0.7,"
                      "task_arithmetic_1.0,uniform_soup"),
 }
 

@@ -18,10 +18,11 @@ with its interval, share of the room) and writes ``search_quality_<world>.md`` /
 ``--world smollm2`` (``spaces/examples/smollm2_lora.yaml``; its base is linked first, as
 ``python -m search.worlds.smollm2.models --base-only`` does) is cut down by default to fit a 2-core CPU: task
 arithmetic only (a TIES merge of this model takes ~55 s there), 10 search documents a task (select and test keep
-the task's 40), TPE, 16 trials, checkpoints 8 and 16, 2 finalists, the studies start without baselines (the bench
-scores them itself, once) and the best baseline is picked among the uniform merges (task arithmetic 0.3-1.0, the
-soup). Every cut is an option: ``--methods``, ``--search-docs 0``, ``--samplers tpe,cmaes``, ``--trials 100``,
-``--baselines all``, ``--study-baselines``; ``--weight-range 0,0.4 --tag narrow`` runs a variant beside it.
+the task's 40), TPE, 16 trials, checkpoints 8 and 16, 2 finalists, and the best baseline is picked among the
+uniform merges (task arithmetic 0.3-1.0, the soup). The studies start from the hand-set merges as `search start`'s
+do (the sampler sees them as finished trials). Every cut is an option: ``--methods``, ``--search-docs 0``,
+``--samplers tpe,cmaes``, ``--trials 100``, ``--baselines all``, ``--no-study-baselines`` (cold studies);
+``--weight-range 0,0.4 --tag narrow`` runs a variant beside it.
 """
 
 from __future__ import annotations

@@ -56,10 +56,10 @@ def test_world_defaults_and_overrides() -> None:
     assert toy.search_docs is None and toy.methods is None and toy.study_baselines and toy.baselines is None
     assert toy.finalists == 3
     real = parse_options(["--world", "smollm2", "--samplers", "tpe,cmaes", "--trials", "30", "--search-docs", "0",
-                          "--checkpoints", "10,50,20", "--study-baselines"])
+                          "--checkpoints", "10,50,20", "--no-study-baselines"])
     assert real.space.name == "smollm2_lora.yaml" and real.samplers == ("tpe", "cmaes")
     assert real.checkpoints == (10, 20)  # sorted; those past --trials dropped
-    assert real.search_docs is None and real.methods == ("task_arithmetic",) and real.study_baselines
+    assert real.search_docs is None and real.methods == ("task_arithmetic",) and not real.study_baselines
     assert real.baselines is not None and "task_arithmetic_0.3" in real.baselines and "ties" not in real.baselines
     assert parse_options(["--world", "smollm2", "--baselines", "all"]).baselines is None
     assert parse_options(["--baselines", "ties, uniform_soup"]).baselines == ("ties", "uniform_soup")
@@ -92,7 +92,7 @@ def test_smaller_search_role_keeps_select_and_test(tmp_path: Path) -> None:
 def test_bench_space_for_the_smollm2_world(tmp_path: Path) -> None:
     opts = parse_options(["--world", "smollm2"])
     updates = bench_space(opts, tmp_path)
-    assert updates["baselines"] is False and list(updates["methods"]) == ["task_arithmetic"]
+    assert updates["baselines"] is True and list(updates["methods"]) == ["task_arithmetic"]  # as `search start`
     paths = {o["evaluator"]["include_path"] for o in updates["objectives"]}
     assert paths == {str(tmp_path / "tasks-10")}
     search = (tmp_path / "tasks-10" / "smollm2_add" / "search.jsonl").read_text().splitlines()
