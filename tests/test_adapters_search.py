@@ -71,7 +71,6 @@ def test_search_over_adapters_in_process_then_export(lora_world: tuple[Path, lis
     from tiny import load_state
 
     from search.weights.layout import load_layout
-    from search.merging.spec import MergeSpec
 
     spec = read_record(trial.user_attrs).spec
     layout = load_layout(lora_world[0])

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import warnings
-from typing import Any
 
 import optuna
 
