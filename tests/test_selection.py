@@ -122,6 +122,9 @@ def test_frontier_point_is_never_dominated_on_the_search_split(run: Path) -> Non
                                                             for o in scores.values())}
     distinct = {json.dumps(s) for n, s in scores.items() if n in undominated}
     assert len(selection.frontier) == min(len(distinct), selection.options.max_front)
+    for j, up in enumerate(maximize):  # whatever the front's size, the best on each objective is on it
+        best = (max if up else min)(s[j] for s in scores.values())
+        assert any(scores[r][j] == best for r in selection.frontier), names[j]
 
 
 def test_selection_items_are_scored_on_search_and_select(run: Path) -> None:
