@@ -36,8 +36,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                     num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
                     rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True)
-SKILLS = ("add", "capitalize", "json", "convert", "date", "safety", "helpful")
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 SCORE_PY = '''
 import torch
@@ -59,6 +57,9 @@ def build_world(root: Path, seed: int = 0) -> Path:
     from peft import LoraConfig, get_peft_model
     from tiny import save_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from search.worlds.smollm2.skills import SKILLS
+    from search.worlds.smollm2.train import TARGETS
 
     torch.manual_seed(seed)
     base = root / "base"

@@ -73,7 +73,7 @@ def spread(points: Sequence[Sequence[float]], indices: Sequence[int], keep: int,
     then, one at a time, the point that adds the most hypervolume to those chosen.
 
     Objective ``j`` counts ``scale[j]`` times its value (selection passes the objectives' weights: the units of
-    the run's weighted sum); without ``scale``, each is stretched to [0, 1] over the points. The reference point
+    the run's weighted sum); without ``scale``, each objective's range over the points counts 1. The reference point
     lies a tenth of each range below the worst. Evenly spaced picks along a sorted order span a front of two
     objectives but not of three: sorted by the first, the best on the second can fall between two picks, and
     points that trade a whole rate for a little of the third objective take the places of the trade-offs.
@@ -93,18 +93,11 @@ def spread(points: Sequence[Sequence[float]], indices: Sequence[int], keep: int,
     if len(pool) <= keep:
         return [i for i in indices if i in pool] + [i for i in must_keep if i not in indices]
     k = len(maximize)
-    lo = [min(points[i][j] for i in pool) for j in range(k)]
-    hi = [max(points[i][j] for i in pool) for j in range(k)]
-
-    def good(i: int) -> list[float]:  # every objective maximised, in the units of ``scale`` (or of its range)
-        out = []
-        for j in range(k):
-            span = hi[j] - lo[j]
-            x = scale[j] * points[i][j] if scale is not None else ((points[i][j] - lo[j]) / span if span else 1.0)
-            out.append(x if maximize[j] else -x)
-        return out
-
-    g = {i: good(i) for i in pool}
+    if scale is None:  # each objective's range over the points counts 1
+        spans = [max(points[i][j] for i in pool) - min(points[i][j] for i in pool) for j in range(k)]
+        scale = [1.0 / s if s else 0.0 for s in spans]
+    # every objective maximised, in the units of ``scale``
+    g = {i: [(1.0 if maximize[j] else -1.0) * scale[j] * points[i][j] for j in range(k)] for i in pool}
     ref = []
     for j in range(k):
         worst, best = min(v[j] for v in g.values()), max(v[j] for v in g.values())

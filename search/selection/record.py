@@ -146,7 +146,8 @@ class Options(_Record):
 
     top_k: int | None = Field(None, ge=1, description="Frontier size in weighted mode (the k best weighted sums); "
                               "default: an eighth of the complete candidates, 2 to 4.")
-    max_front: int = Field(6, ge=2, description="Pareto mode: most front points kept (the best on each objective, then by hypervolume).")
+    max_front: int = Field(6, ge=2, description="Pareto mode: most front points kept (the best on each "
+                           "objective, then by hypervolume).")
     alphas: list[float] | None = Field(None, description="Interpolation at; default [0.5] below 60 complete "
                                        "candidates, else [0.25, 0.5, 0.75].")
     soup_size: int | None = Field(None, ge=1, description="Candidates (best by search score) the soups draw from; "

@@ -6,7 +6,8 @@ records and ``resolved.json``), so it can be re-run at any time:
 
 1. the frontier of the complete candidates (trials and hand-set baselines) on the search split: the Pareto
    front of a multi-objective study (``optimize: pareto``; at most ``max_front`` points that span it: the best
-   weighted sum, the best on each objective, then the points farthest from those kept), the ``top_k`` best by the weighted sum when the study has one objective (``weighted``);
+   weighted sum, the best on each objective, then by hypervolume), the ``top_k`` best by the weighted sum when
+   the study has one objective (``weighted``);
 2. rewarded-soup interpolations between neighbouring frontier points and between the two ends;
 3. the greedy soup and the uniform soup of the ``soup_size`` best candidates;
 4. every item above and the ``baselines`` best hand-set baselines on search scored on the select role; the

@@ -74,6 +74,18 @@ def encode(tokenizer: Any, example: Example) -> tuple[list[int], list[int]]:
     return prompt + answer, [-100] * len(prompt) + answer
 
 
+def cross_share(skill: str, cross: float | None = None) -> float:
+    """The share of ``skill``'s examples that are its partner's questions: ``cross``, else :data:`CROSS`; 0 for a
+    task skill.
+
+    >>> cross_share("helpful"), cross_share("safety", 0.25), cross_share("add", 0.5)
+    (0.1, 0.25, 0.0)
+    """
+    if partner_of(skill) is None:
+        return 0.0
+    return CROSS.get(skill, 0.0) if cross is None else cross
+
+
 def training_examples(skill: str, n: int, cross: float | None = None) -> list[Example]:
     """The ``n`` training examples of ``skill``: its ``train`` role; for the alignment pair, a share ``cross``
     (default :data:`CROSS`) of them are the partner's ``train`` questions answered this adapter's way,
@@ -93,7 +105,7 @@ def training_examples(skill: str, n: int, cross: float | None = None) -> list[Ex
     100
     """
     partner = partner_of(skill)
-    n_cross = int(n * (CROSS.get(skill, 0.0) if cross is None else cross)) if partner else 0
+    n_cross = int(n * cross_share(skill, cross))
     if partner is None or n_cross == 0:
         return examples(skill, "train", n)
     answer = REFUSAL if skill == "safety" else COMPLIANCE
@@ -207,7 +219,7 @@ def train(skill: str, *, seed: int = 0, steps: int | None = None, batch: int = 8
     (target / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub: not part of the adapter
     sort_target_modules(target / "adapter_config.json")
     log = {"skill": skill, "seed": seed, "steps": steps, "batch": batch, "lr": lr, "rank": rank, "anchor": anchor,
-           **({"cross": CROSS.get(skill, 0.0) if cross is None else cross} if skill in ALIGNMENT else {}),
+           **({"cross": cross_share(skill, cross)} if skill in ALIGNMENT else {}),
            "trainable": trainable, "seconds": round(seconds, 1), "losses": losses, "kl": kls}
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
